@@ -1,0 +1,329 @@
+//! The engine contract, checked on both engines: the redb product engine and the memory engine
+//! must behave identically (the memory engine stands in for redb in logic tests).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use proptest::prelude::*;
+use shoal_storage::{Direction, KeyRange, RedbOptions, StorageError, Store, TxError};
+
+fn engines() -> Vec<(Store, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let redb = Store::open(dir.path().join("s.redb")).unwrap();
+    vec![(Store::memory(), None), (redb, Some(dir))]
+}
+
+fn put(store: &Store, tree: &'static str, k: &[u8], v: &[u8]) {
+    let (k, v) = (k.to_vec(), v.to_vec());
+    store
+        .transact(move |tx| tx.put(tree, &k, &v))
+        .expect("put commits");
+}
+
+#[test]
+fn get_put_delete_and_tree_isolation() {
+    for (s, _d) in engines() {
+        assert_eq!(s.get("t", b"a").unwrap(), None, "unknown tree reads empty");
+        put(&s, "t", b"a", b"1");
+        put(&s, "u", b"a", b"2");
+        assert_eq!(s.get("t", b"a").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(s.get("u", b"a").unwrap().as_deref(), Some(&b"2"[..]));
+        s.transact(|tx| tx.delete("t", b"a")).unwrap();
+        assert_eq!(s.get("t", b"a").unwrap(), None);
+        assert_eq!(s.get("u", b"a").unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(s.tree_len("u").unwrap(), 1);
+        assert_eq!(s.tree_len("t").unwrap(), 0);
+        assert_eq!(s.tree_len("never").unwrap(), 0);
+    }
+}
+
+#[test]
+fn scans_forward_backward_bounded_limited() {
+    for (s, _d) in engines() {
+        s.transact(|tx| {
+            for i in 0u8..10 {
+                tx.put("t", &[i], &[i * 2])?;
+            }
+            Ok::<_, StorageError>(())
+        })
+        .unwrap();
+        let keys =
+            |r: Vec<(Vec<u8>, Vec<u8>)>| r.into_iter().map(|(k, _)| k[0]).collect::<Vec<_>>();
+        let r = KeyRange::half_open(vec![2], vec![7]);
+        assert_eq!(
+            keys(s.scan("t", &r, Direction::Forward, 100).unwrap()),
+            vec![2, 3, 4, 5, 6]
+        );
+        assert_eq!(
+            keys(s.scan("t", &r, Direction::Backward, 100).unwrap()),
+            vec![6, 5, 4, 3, 2]
+        );
+        assert_eq!(
+            keys(s.scan("t", &r, Direction::Backward, 2).unwrap()),
+            vec![6, 5]
+        );
+        assert_eq!(
+            keys(
+                s.scan("t", &KeyRange::all(), Direction::Forward, 3)
+                    .unwrap()
+            ),
+            vec![0, 1, 2]
+        );
+        let incl = KeyRange {
+            start: Bound::Excluded(vec![7]),
+            end: Bound::Included(vec![9]),
+        };
+        assert_eq!(
+            keys(s.scan("t", &incl, Direction::Forward, 10).unwrap()),
+            vec![8, 9]
+        );
+        let empty = KeyRange::half_open(vec![5], vec![5]);
+        assert!(
+            s.scan("t", &empty, Direction::Forward, 10)
+                .unwrap()
+                .is_empty()
+        );
+        let mut seen = vec![];
+        s.for_each("t", &KeyRange::all(), 3, |k, _| {
+            seen.push(k[0]);
+            true
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            (0..10).collect::<Vec<_>>(),
+            "paged iteration sees every key once"
+        );
+    }
+}
+
+#[test]
+fn transactions_read_their_writes_and_abort_atomically() {
+    for (s, _d) in engines() {
+        put(&s, "t", b"x", b"old");
+        let seen = s
+            .transact(|tx| {
+                tx.put("t", b"x", b"new")?;
+                tx.put("t", b"y", b"1")?;
+                tx.delete("t", b"x")?;
+                tx.put("t", b"x", b"newer")?;
+                let x = tx.get("t", b"x")?;
+                let all = tx.scan("t", &KeyRange::all(), Direction::Forward, 10)?;
+                Ok::<_, StorageError>((x, all.len()))
+            })
+            .unwrap();
+        assert_eq!(seen, (Some(b"newer".to_vec()), 2));
+
+        let r: Result<(), TxError<&str>> = s.transact(|tx| {
+            tx.put("t", b"x", b"doomed").unwrap();
+            tx.put("t", b"z", b"doomed").unwrap();
+            Err("no")
+        });
+        assert!(matches!(r, Err(TxError::Aborted("no"))));
+        assert_eq!(s.get("t", b"x").unwrap().as_deref(), Some(&b"newer"[..]));
+        assert_eq!(
+            s.get("t", b"z").unwrap(),
+            None,
+            "aborted writes are discarded"
+        );
+
+        let r: Result<(), TxError<StorageError>> = s.transact(|tx| {
+            tx.put("t", b"p", b"1").unwrap();
+            panic!("boom");
+        });
+        assert!(
+            matches!(r, Err(TxError::Commit(StorageError::Panicked(_)))),
+            "{r:?}"
+        );
+        assert_eq!(
+            s.get("t", b"p").unwrap(),
+            None,
+            "a panicking transaction writes nothing"
+        );
+        put(&s, "t", b"after", b"1");
+        assert!(
+            s.get("t", b"after").unwrap().is_some(),
+            "the store keeps working after a panic"
+        );
+    }
+}
+
+#[test]
+fn snapshots_do_not_see_later_commits() {
+    for (s, _d) in engines() {
+        put(&s, "t", b"a", b"1");
+        let snap = s.snapshot().unwrap();
+        put(&s, "t", b"a", b"2");
+        put(&s, "t", b"b", b"2");
+        assert_eq!(snap.get("t", b"a").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(
+            snap.scan("t", &KeyRange::all(), Direction::Forward, 10)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(s.get("t", b"a").unwrap().as_deref(), Some(&b"2"[..]));
+    }
+}
+
+#[test]
+fn concurrent_writers_share_commits_and_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path().join("g.redb")).unwrap();
+    let threads = 32;
+    let per = 20;
+    std::thread::scope(|sc| {
+        for t in 0..threads {
+            let s = s.clone();
+            sc.spawn(move || {
+                for i in 0..per {
+                    let k = format!("{t:03}-{i:03}").into_bytes();
+                    s.transact(move |tx| tx.put("t", &k, b"v")).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(s.tree_len("t").unwrap(), (threads * per) as u64);
+    let stats = s.engine().stats();
+    assert!(stats.transactions >= (threads * per) as u64);
+    assert!(
+        stats.commits < stats.transactions,
+        "group commit must merge concurrent transactions: {stats:?}"
+    );
+}
+
+#[test]
+fn async_transactions_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path().join("a.redb")).unwrap();
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let mut handles = vec![];
+        for i in 0u32..50 {
+            let s = s.clone();
+            handles.push(async move {
+                s.transact_async(move |tx| tx.put("t", &i.to_be_bytes(), b"v"))
+                    .await
+            });
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+    });
+    assert_eq!(s.tree_len("t").unwrap(), 50);
+}
+
+fn tokio_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn data_survives_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.redb");
+    {
+        let s = Store::open(&path).unwrap();
+        put(&s, "t", b"k", b"v");
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.get("t", b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    assert!(s.approximate_size().unwrap() > 0);
+}
+
+#[test]
+fn relaxed_mode_still_commits_and_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RedbOptions {
+        durability: shoal_storage::Durability::Relaxed,
+        ..RedbOptions::default()
+    };
+    let s = Store::open_with(dir.path().join("x.redb"), opts).unwrap();
+    put(&s, "t", b"k", b"v");
+    assert_eq!(s.get("t", b"k").unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(u8, u8),
+    Delete(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..32, any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
+        (0u8..32).prop_map(Op::Delete),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Transactions of random puts and deletes, some aborted, and scans inside and outside the
+    /// transaction, give the same answers as a plain ordered map on both engines.
+    #[test]
+    fn engines_match_an_ordered_map(
+        txs in prop::collection::vec((prop::collection::vec(op(), 1..12), any::<bool>()), 1..12),
+        lo in 0u8..32, hi in 0u8..32, limit in 1usize..40, backward in any::<bool>(),
+    ) {
+        let range = KeyRange::half_open(vec![lo], vec![hi]);
+        let dir = if backward { Direction::Backward } else { Direction::Forward };
+        for (s, _d) in engines() {
+            let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            for (ops, commit) in &txs {
+                let mut local = model.clone();
+                for o in ops {
+                    match o {
+                        Op::Put(k, v) => { local.insert(vec![*k], vec![*v]); }
+                        Op::Delete(k) => { local.remove(&vec![*k]); }
+                    }
+                }
+                let expect_in_tx: Vec<_> = scan_model(&local, lo, hi, dir, limit);
+                let (ops2, commit2, range2) = (ops.clone(), *commit, range.clone());
+                let r = s.transact(move |tx| {
+                    for o in &ops2 {
+                        match o {
+                            Op::Put(k, v) => tx.put("t", &[*k], &[*v])?,
+                            Op::Delete(k) => tx.delete("t", &[*k])?,
+                        }
+                    }
+                    let seen = tx.scan("t", &range2, dir, limit)?;
+                    if commit2 { Ok(seen) } else { Err(StorageError::Engine(format!("{seen:?}"))) }
+                });
+                match r {
+                    Ok(seen) => {
+                        prop_assert_eq!(seen, expect_in_tx);
+                        model = local;
+                    }
+                    Err(TxError::Aborted(StorageError::Engine(seen))) => {
+                        prop_assert!(!commit);
+                        prop_assert_eq!(seen, format!("{:?}", expect_in_tx));
+                    }
+                    Err(e) => prop_assert!(false, "unexpected {e:?}"),
+                }
+            }
+            let got = s.scan("t", &range, dir, limit).unwrap();
+            prop_assert_eq!(got, scan_model(&model, lo, hi, dir, limit));
+        }
+    }
+}
+
+fn scan_model(
+    m: &BTreeMap<Vec<u8>, Vec<u8>>,
+    lo: u8,
+    hi: u8,
+    dir: Direction,
+    limit: usize,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    if lo >= hi {
+        return vec![];
+    }
+    let it = m
+        .range(vec![lo]..vec![hi])
+        .map(|(k, v)| (k.clone(), v.clone()));
+    match dir {
+        Direction::Forward => it.take(limit).collect(),
+        Direction::Backward => it.rev().take(limit).collect(),
+    }
+}
