@@ -101,6 +101,9 @@ pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// Key-value pairs, in scan order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Reads over one consistent state of the store.
 pub trait ReadView {
     /// The value stored under `key` in `tree`, if any. A tree never written reads as empty.
@@ -113,7 +116,7 @@ pub trait ReadView {
         range: &KeyRange,
         direction: Direction,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    ) -> Result<Entries, StorageError>;
 }
 
 /// A write transaction: reads see the transaction's own writes.

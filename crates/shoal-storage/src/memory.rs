@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::overlay::{WriteBase, run_job};
 use crate::{
-    Direction, Engine, EngineStats, KeyRange, ReadView, StorageError, WriteCallback, WriteJob,
+    Direction, Engine, EngineStats, Entries, KeyRange, ReadView, StorageError, WriteCallback,
+    WriteJob,
 };
 
 type Trees = BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
@@ -61,7 +62,7 @@ impl ReadView for MemoryEngine {
         range: &KeyRange,
         direction: Direction,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Entries, StorageError> {
         Ok(scan_map(self.lock().get(tree), range, direction, limit))
     }
 }
@@ -79,7 +80,7 @@ impl ReadView for MemSnapshot {
         range: &KeyRange,
         direction: Direction,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Entries, StorageError> {
         Ok(scan_map(self.0.get(tree), range, direction, limit))
     }
 }
@@ -97,7 +98,7 @@ impl WriteBase for MemBase<'_> {
         range: &KeyRange,
         direction: Direction,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Entries, StorageError> {
         Ok(scan_map(self.0.borrow().get(tree), range, direction, limit))
     }
 

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use crate::{Direction, KeyRange, ReadView, StorageError, WriteTx};
+use crate::{Direction, Entries, KeyRange, ReadView, StorageError, WriteTx};
 
 /// The shared state a transaction overlays: the engine's open write transaction.
 pub(crate) trait WriteBase {
@@ -18,7 +18,7 @@ pub(crate) trait WriteBase {
         range: &KeyRange,
         direction: Direction,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    ) -> Result<Entries, StorageError>;
     fn base_put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StorageError>;
     fn base_delete(&self, tree: &str, key: &[u8]) -> Result<(), StorageError>;
 }
@@ -67,7 +67,7 @@ impl<B: WriteBase> ReadView for Overlay<'_, B> {
         range: &KeyRange,
         direction: Direction,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Entries, StorageError> {
         let Some(writes) = self.writes.get(tree) else {
             return self.base.base_scan(tree, range, direction, limit);
         };

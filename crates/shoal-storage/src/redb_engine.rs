@@ -15,8 +15,8 @@ use tracing::{debug, warn};
 use crate::memory::scan_map;
 use crate::overlay::{WriteBase, run_job};
 use crate::{
-    Direction, Engine, EngineStats, JobOutcome, KeyRange, OpenError, ReadView, StorageError,
-    WriteCallback, WriteJob,
+    Direction, Engine, EngineStats, Entries, JobOutcome, KeyRange, OpenError, ReadView,
+    StorageError, WriteCallback, WriteJob,
 };
 
 /// Tree holding Shoal's own marker, written when the store is created.
@@ -28,6 +28,15 @@ const FORMAT_MARKER: &[u8] = b"shoal-store/1";
 const REDB_MAGIC: &[u8] = b"redb";
 
 type Def<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
+type BytesTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+type RangeItem<'a> = Result<
+    (
+        redb::AccessGuard<'a, &'static [u8]>,
+        redb::AccessGuard<'a, &'static [u8]>,
+    ),
+    redb::StorageError,
+>;
 
 /// When a commit is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -386,7 +395,7 @@ fn clone_err(e: &StorageError) -> StorageError {
 /// The open engine transaction shared by a group, with its tables opened once each.
 struct RedbBase<'t> {
     txn: &'t redb::WriteTransaction,
-    tables: RefCell<HashMap<String, redb::Table<'t, &'static [u8], &'static [u8]>>>,
+    tables: RefCell<HashMap<String, BytesTable<'t>>>,
 }
 
 impl RedbBase<'_> {
@@ -409,31 +418,20 @@ fn scan_table(
     range: &KeyRange,
     direction: Direction,
     limit: usize,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+) -> Result<Entries, StorageError> {
     if range.is_empty() || limit == 0 {
         return Ok(Vec::new());
     }
     let it = t.range::<&[u8]>(range.as_bounds()).map_err(map_err)?;
     let mut out = Vec::new();
-    let mut push = |e: Result<
-        (redb::AccessGuard<'_, &[u8]>, redb::AccessGuard<'_, &[u8]>),
-        redb::StorageError,
-    >| {
+    let mut push = |e: RangeItem<'_>| {
         let (k, v) = e.map_err(map_err)?;
         out.push((k.value().to_vec(), v.value().to_vec()));
         Ok::<(), StorageError>(())
     };
     match direction {
-        Direction::Forward => {
-            for e in it.take(limit) {
-                push(e)?;
-            }
-        }
-        Direction::Backward => {
-            for e in it.rev().take(limit) {
-                push(e)?;
-            }
-        }
+        Direction::Forward => it.take(limit).try_for_each(&mut push)?,
+        Direction::Backward => it.rev().take(limit).try_for_each(&mut push)?,
     }
     Ok(out)
 }
@@ -451,7 +449,7 @@ impl WriteBase for RedbBase<'_> {
         range: &KeyRange,
         direction: Direction,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Entries, StorageError> {
         self.with_table(tree, |t| scan_table(t, range, direction, limit))
     }
 
@@ -468,10 +466,7 @@ impl WriteBase for RedbBase<'_> {
 struct RedbSnapshot(redb::ReadTransaction);
 
 impl RedbSnapshot {
-    fn table(
-        &self,
-        tree: &str,
-    ) -> Result<Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>, StorageError> {
+    fn table(&self, tree: &str) -> Result<Option<ReadTable>, StorageError> {
         match self.0.open_table(Def::new(tree)) {
             Ok(t) => Ok(Some(t)),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
@@ -494,7 +489,7 @@ impl ReadView for RedbSnapshot {
         range: &KeyRange,
         direction: Direction,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Entries, StorageError> {
         match self.table(tree)? {
             Some(t) => scan_table(&t, range, direction, limit),
             None => Ok(scan_map(None, range, direction, limit)),
@@ -519,7 +514,7 @@ impl ReadView for RedbEngine {
         range: &KeyRange,
         direction: Direction,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Entries, StorageError> {
         self.read()?.scan(tree, range, direction, limit)
     }
 }

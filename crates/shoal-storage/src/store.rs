@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::{
-    Direction, Engine, JobOutcome, KeyRange, MemoryEngine, OpenError, ReadView, RedbEngine,
-    RedbOptions, StorageError, TxError, WriteTx,
+    Direction, Engine, Entries, JobOutcome, KeyRange, MemoryEngine, OpenError, ReadView,
+    RedbEngine, RedbOptions, StorageError, TxError, WriteTx,
 };
 
 /// A shared handle to an engine. Cloning is cheap; all clones use the same engine.
@@ -140,7 +140,7 @@ impl Store {
         range: &KeyRange,
         direction: Direction,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Entries, StorageError> {
         self.engine.scan(tree, range, direction, limit)
     }
 
