@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use shoal_storage::{Direction, KeyRange, StorageError, Store, WriteTx};
+use shoal_storage::{Direction, Entries, KeyRange, StorageError, Store, WriteTx};
 
 use crate::codec::Versioned;
 use crate::crdt::Crdt;
@@ -310,7 +310,7 @@ impl<S: Schema> Table<S> {
         &self,
         range: &KeyRange,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, TableError> {
+    ) -> Result<Entries, TableError> {
         Ok(self
             .store
             .scan(S::TABLE_NAME, range, Direction::Forward, limit)?)
