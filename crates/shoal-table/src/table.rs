@@ -306,11 +306,7 @@ impl<S: Schema> Table<S> {
     }
 
     /// Encoded items whose engine keys lie in `range` (for sync and offload), ascending.
-    pub fn scan_raw(
-        &self,
-        range: &KeyRange,
-        limit: usize,
-    ) -> Result<Entries, TableError> {
+    pub fn scan_raw(&self, range: &KeyRange, limit: usize) -> Result<Entries, TableError> {
         Ok(self
             .store
             .scan(S::TABLE_NAME, range, Direction::Forward, limit)?)

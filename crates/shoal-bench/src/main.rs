@@ -1,0 +1,25 @@
+//! Shoal's benchmarks. Each subcommand prints one JSON object per line per configuration, so
+//! figures can be compared across machines and commits.
+
+mod storage;
+
+use clap::{Parser, Subcommand};
+
+/// Shoal benchmarks (run with --release).
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Durable write throughput of the storage engine with concurrent writers (group commit).
+    Storage(storage::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Storage(args) => storage::run(&args),
+    }
+}

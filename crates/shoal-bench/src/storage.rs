@@ -1,0 +1,126 @@
+//! `shoal-bench storage`: durable small writes per second with 1..N concurrent writers, with
+//! group commit and, for comparison, with one commit per transaction.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use shoal_storage::{Durability, RedbOptions, Store};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Writer counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    writers: Vec<usize>,
+    /// Seconds per configuration.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Also measure without group commit (one fsync per transaction).
+    #[arg(long)]
+    compare_ungrouped: bool,
+    /// Acknowledge before fsync (NOT durable), to see the cost of durability.
+    #[arg(long)]
+    relaxed: bool,
+}
+
+#[derive(Serialize)]
+struct Figures {
+    bench: &'static str,
+    durable: bool,
+    group_commit: bool,
+    writers: usize,
+    seconds: f64,
+    writes: u64,
+    writes_per_sec: f64,
+    commits: u64,
+    avg_group: f64,
+    p50_us: u64,
+    p99_us: u64,
+    max_us: u64,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let modes: &[bool] = if args.compare_ungrouped {
+        &[true, false]
+    } else {
+        &[true]
+    };
+    for &grouped in modes {
+        for &writers in &args.writers {
+            let f = measure(args, writers, grouped)?;
+            println!("{}", serde_json::to_string(&f)?);
+        }
+    }
+    Ok(())
+}
+
+fn measure(args: &Args, writers: usize, grouped: bool) -> anyhow::Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let options = RedbOptions {
+        durability: if args.relaxed {
+            Durability::Relaxed
+        } else {
+            Durability::Immediate
+        },
+        max_group: if grouped { 4096 } else { 1 },
+        ..RedbOptions::default()
+    };
+    let store = Store::open_with(dir.path().join("bench.redb"), options)?;
+    let stop = AtomicBool::new(false);
+    let value = vec![0xabu8; args.value_size];
+    let start = Instant::now();
+    let mut latencies: Vec<u64> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let (store, stop, value) = (store.clone(), &stop, value.clone());
+                sc.spawn(move || {
+                    let mut lat = Vec::new();
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("w{w:04}-{i:010}").into_bytes();
+                        let v = value.clone();
+                        let t = Instant::now();
+                        store
+                            .transact(move |tx| tx.put("bench", &key, &v))
+                            .expect("durable write");
+                        lat.push(t.elapsed().as_micros() as u64);
+                        i += 1;
+                    }
+                    lat
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs_f64(args.seconds));
+        stop.store(true, Ordering::Relaxed);
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let stats = store.engine().stats();
+    let writes = latencies.len() as u64;
+    anyhow::ensure!(
+        store.tree_len("bench")? == writes,
+        "every acknowledged write must be stored"
+    );
+    Ok(Figures {
+        bench: "storage",
+        durable: !args.relaxed,
+        group_commit: grouped,
+        writers,
+        seconds: elapsed,
+        writes,
+        writes_per_sec: writes as f64 / elapsed,
+        commits: stats.commits,
+        avg_group: stats.transactions as f64 / stats.commits.max(1) as f64,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        max_us: *latencies.last().unwrap_or(&0),
+    })
+}
