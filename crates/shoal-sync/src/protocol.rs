@@ -1,0 +1,403 @@
+//! Sync messages and their wire encoding.
+//!
+//! Messages are a serde enum (for logs, tests and fuzzing); on the wire they use a compact
+//! binary layout, because this is the protocol whose bytes Shoal promises to keep near the
+//! information-theoretic minimum: a tag byte, then fixed fields, LEB128 varints and packed
+//! arrays. The first message of a session, [`Message::Hello`], carries the protocol version;
+//! every later message belongs to the version agreed there. Every message is at most
+//! [`MAX_MESSAGE_BYTES`]; decoding checks every length and never trusts one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::sketch::{CELL_WIRE_BYTES, Cell};
+
+/// The protocol version this code speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// No encoded message is larger than this, whatever the difference.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// Room for a message's tag and fixed fields.
+const HEADER_ROOM: usize = 32;
+
+/// Most cells in one `Cells` message.
+pub const MAX_CELLS_PER_MESSAGE: usize = (MAX_MESSAGE_BYTES - HEADER_ROOM) / CELL_WIRE_BYTES;
+/// Most ids in one `Ids` or `Want` message.
+pub const MAX_IDS_PER_MESSAGE: usize = (MAX_MESSAGE_BYTES - HEADER_ROOM) / 8;
+/// Most bytes of the item stream in one `Items` message.
+pub const MAX_ITEM_BYTES_PER_MESSAGE: usize = MAX_MESSAGE_BYTES - HEADER_ROOM;
+
+/// A partition digest: sketch cell 0 with its full count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    /// XOR of all ids.
+    pub xor: u64,
+    /// XOR of all id checks.
+    pub check: u32,
+    /// Number of items.
+    pub count: u64,
+}
+
+impl From<Cell> for Digest {
+    fn from(c: Cell) -> Self {
+        Digest {
+            xor: c.xor,
+            check: c.check,
+            count: c.count,
+        }
+    }
+}
+
+/// One message of a sync session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Initiator → responder, first: the initiator's partition digest.
+    Hello {
+        /// Protocol version of the session.
+        version: u8,
+        /// The initiator's digest.
+        digest: Digest,
+    },
+    /// Responder → initiator: the digests are equal; the session is over.
+    InSync,
+    /// Sketch cells `from..`, packed ([`CELL_WIRE_BYTES`] each); `last` ends the batch.
+    Cells {
+        /// Index of the first cell.
+        from: u64,
+        /// Packed cells.
+        cells: Vec<u8>,
+        /// Whether this is the batch's final message.
+        last: bool,
+    },
+    /// Initiator → responder: peeling needs more cells, up to `upto` at least; `summary` (the
+    /// initiator's estimator summary) lets the responder size the batch from the difference.
+    More {
+        /// Cells wanted, at least.
+        upto: u64,
+        /// The initiator's summary, packed.
+        summary: Option<Vec<u8>>,
+    },
+    /// Responder → initiator: all the responder's ids, packed (8 bytes each), instead of cells
+    /// when the difference is so large that listing ids is cheaper.
+    Ids {
+        /// Packed ids.
+        ids: Vec<u8>,
+        /// Whether this is the list's final message.
+        last: bool,
+    },
+    /// Ids whose items the sender lacks and asks for, packed.
+    Want {
+        /// Packed ids.
+        ids: Vec<u8>,
+        /// Whether this is the list's final message.
+        last: bool,
+    },
+    /// Responder → initiator: the responder holds nothing; send every item.
+    WantAll,
+    /// A fragment of the item stream (records of LEB128 length + encoded item).
+    Items {
+        /// Stream bytes.
+        data: Vec<u8>,
+        /// Whether the stream ends with this message.
+        last: bool,
+    },
+}
+
+/// Why bytes are not a valid message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// No bytes at all.
+    #[error("empty message")]
+    Empty,
+    /// Larger than [`MAX_MESSAGE_BYTES`].
+    #[error("message of {0} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// The tag byte names no message.
+    #[error("unknown message tag {0}")]
+    UnknownTag(u8),
+    /// A Hello of a version this code does not speak.
+    #[error("unsupported protocol version {0} (this node speaks {PROTOCOL_VERSION})")]
+    UnknownVersion(u8),
+    /// The message ends inside a field.
+    #[error("truncated {0} message")]
+    Truncated(&'static str),
+    /// A field's value is impossible (a packed array of the wrong length, a bad flag).
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+}
+
+const TAG_HELLO: u8 = 1;
+const TAG_IN_SYNC: u8 = 2;
+const TAG_CELLS: u8 = 3;
+const TAG_MORE: u8 = 4;
+const TAG_IDS: u8 = 5;
+const TAG_WANT: u8 = 6;
+const TAG_WANT_ALL: u8 = 7;
+const TAG_ITEMS: u8 = 8;
+
+/// Appends `v` as a LEB128 varint.
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a LEB128 varint from the front of `input`.
+pub fn take_varint(input: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = input.split_first()?;
+        *input = rest;
+        if shift == 63 && b > 1 {
+            return None;
+        }
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+impl Message {
+    /// The wire encoding. Panics in debug builds if a message was built over the size limit
+    /// (the session never does).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Message::Hello { version, digest } => {
+                out.push(TAG_HELLO);
+                out.push(*version);
+                out.extend_from_slice(&digest.xor.to_le_bytes());
+                out.extend_from_slice(&digest.check.to_le_bytes());
+                put_varint(&mut out, digest.count);
+            }
+            Message::InSync => out.push(TAG_IN_SYNC),
+            Message::Cells { from, cells, last } => {
+                out.push(TAG_CELLS);
+                out.push(u8::from(*last));
+                put_varint(&mut out, *from);
+                out.extend_from_slice(cells);
+            }
+            Message::More { upto, summary } => {
+                out.push(TAG_MORE);
+                put_varint(&mut out, *upto);
+                match summary {
+                    Some(s) => {
+                        out.push(1);
+                        out.extend_from_slice(s);
+                    }
+                    None => out.push(0),
+                }
+            }
+            Message::Ids { ids, last } => {
+                out.push(TAG_IDS);
+                out.push(u8::from(*last));
+                out.extend_from_slice(ids);
+            }
+            Message::Want { ids, last } => {
+                out.push(TAG_WANT);
+                out.push(u8::from(*last));
+                out.extend_from_slice(ids);
+            }
+            Message::WantAll => out.push(TAG_WANT_ALL),
+            Message::Items { data, last } => {
+                out.push(TAG_ITEMS);
+                out.push(u8::from(*last));
+                out.extend_from_slice(data);
+            }
+        }
+        debug_assert!(out.len() <= MAX_MESSAGE_BYTES, "message over the limit");
+        out
+    }
+
+    /// Decodes one message, checking every length.
+    pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(WireError::TooLarge(bytes.len()));
+        }
+        let (&tag, mut rest) = bytes.split_first().ok_or(WireError::Empty)?;
+        let flag = |rest: &mut &[u8], what| -> Result<bool, WireError> {
+            let (&b, r) = rest.split_first().ok_or(WireError::Truncated(what))?;
+            *rest = r;
+            match b {
+                0 => Ok(false),
+                1 => Ok(true),
+                _ => Err(WireError::Malformed(what)),
+            }
+        };
+        let packed_ids = |rest: &[u8], what| -> Result<Vec<u8>, WireError> {
+            if rest.len() % 8 != 0 {
+                return Err(WireError::Malformed(what));
+            }
+            Ok(rest.to_vec())
+        };
+        match tag {
+            TAG_HELLO => {
+                let (&version, r) = rest.split_first().ok_or(WireError::Truncated("hello"))?;
+                if version != PROTOCOL_VERSION {
+                    return Err(WireError::UnknownVersion(version));
+                }
+                if r.len() < 12 {
+                    return Err(WireError::Truncated("hello"));
+                }
+                let xor = u64::from_le_bytes(r[0..8].try_into().expect("8"));
+                let check = u32::from_le_bytes(r[8..12].try_into().expect("4"));
+                let mut r = &r[12..];
+                let count = take_varint(&mut r).ok_or(WireError::Truncated("hello"))?;
+                if !r.is_empty() {
+                    return Err(WireError::Malformed("hello"));
+                }
+                Ok(Message::Hello {
+                    version,
+                    digest: Digest { xor, check, count },
+                })
+            }
+            TAG_IN_SYNC if rest.is_empty() => Ok(Message::InSync),
+            TAG_WANT_ALL if rest.is_empty() => Ok(Message::WantAll),
+            TAG_IN_SYNC => Err(WireError::Malformed("in-sync")),
+            TAG_WANT_ALL => Err(WireError::Malformed("want-all")),
+            TAG_CELLS => {
+                let last = flag(&mut rest, "cells")?;
+                let from = take_varint(&mut rest).ok_or(WireError::Truncated("cells"))?;
+                if rest.len() % CELL_WIRE_BYTES != 0 {
+                    return Err(WireError::Malformed("cells"));
+                }
+                Ok(Message::Cells {
+                    from,
+                    cells: rest.to_vec(),
+                    last,
+                })
+            }
+            TAG_MORE => {
+                let upto = take_varint(&mut rest).ok_or(WireError::Truncated("more"))?;
+                let has = flag(&mut rest, "more")?;
+                let summary = if has {
+                    if rest.len() != crate::estimator::SUMMARY_WIRE_BYTES {
+                        return Err(WireError::Malformed("more"));
+                    }
+                    Some(rest.to_vec())
+                } else if rest.is_empty() {
+                    None
+                } else {
+                    return Err(WireError::Malformed("more"));
+                };
+                Ok(Message::More { upto, summary })
+            }
+            TAG_IDS => {
+                let last = flag(&mut rest, "ids")?;
+                Ok(Message::Ids {
+                    ids: packed_ids(rest, "ids")?,
+                    last,
+                })
+            }
+            TAG_WANT => {
+                let last = flag(&mut rest, "want")?;
+                Ok(Message::Want {
+                    ids: packed_ids(rest, "want")?,
+                    last,
+                })
+            }
+            TAG_ITEMS => {
+                let last = flag(&mut rest, "items")?;
+                Ok(Message::Items {
+                    data: rest.to_vec(),
+                    last,
+                })
+            }
+            other => Err(WireError::UnknownTag(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_sizes() {
+        let hello = Message::Hello {
+            version: PROTOCOL_VERSION,
+            digest: Digest {
+                xor: 7,
+                check: 9,
+                count: 1_000_000,
+            },
+        };
+        let enc = hello.encode();
+        assert_eq!(
+            enc.len(),
+            1 + 1 + 8 + 4 + 3,
+            "hello is 17 bytes for a million items"
+        );
+        assert_eq!(Message::decode(&enc).unwrap(), hello);
+        assert_eq!(Message::InSync.encode().len(), 1);
+        for m in [
+            Message::InSync,
+            Message::WantAll,
+            Message::Cells {
+                from: 300,
+                cells: vec![1; 26],
+                last: true,
+            },
+            Message::More {
+                upto: 99,
+                summary: None,
+            },
+            Message::More {
+                upto: 1,
+                summary: Some(vec![3; crate::estimator::SUMMARY_WIRE_BYTES]),
+            },
+            Message::Ids {
+                ids: vec![5; 16],
+                last: false,
+            },
+            Message::Want {
+                ids: vec![],
+                last: true,
+            },
+            Message::Items {
+                data: vec![1, 2, 3],
+                last: true,
+            },
+        ] {
+            assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert_eq!(Message::decode(&[]), Err(WireError::Empty));
+        assert_eq!(Message::decode(&[99]), Err(WireError::UnknownTag(99)));
+        assert_eq!(
+            Message::decode(&[TAG_HELLO, 2, 0]),
+            Err(WireError::UnknownVersion(2))
+        );
+        assert_eq!(
+            Message::decode(&[TAG_HELLO, 1, 0]),
+            Err(WireError::Truncated("hello"))
+        );
+        assert_eq!(
+            Message::decode(&[TAG_CELLS, 1, 0, 1, 2]),
+            Err(WireError::Malformed("cells"))
+        );
+        assert_eq!(
+            Message::decode(&[TAG_WANT, 2]),
+            Err(WireError::Malformed("want"))
+        );
+        assert_eq!(
+            Message::decode(&[TAG_IDS, 0, 1]),
+            Err(WireError::Malformed("ids"))
+        );
+        assert_eq!(
+            Message::decode(&[TAG_IN_SYNC, 0]),
+            Err(WireError::Malformed("in-sync"))
+        );
+        let big = vec![TAG_ITEMS; MAX_MESSAGE_BYTES + 1];
+        assert!(matches!(Message::decode(&big), Err(WireError::TooLarge(_))));
+        let mut v: &[u8] = &[0xff; 11];
+        assert_eq!(take_varint(&mut v), None, "an overlong varint is refused");
+    }
+}

@@ -1,0 +1,101 @@
+//! [`TableReplica`]: a table's partition, with its index, as a session's [`Replica`].
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use shoal_storage::KeyRange;
+use shoal_table::codec::Versioned;
+use shoal_table::{Schema, Table};
+
+use crate::index::{Head, Partition, PartitionIndex, partition_of, partition_range};
+use crate::session::{ApplyStats, Replica, SyncError};
+use crate::sketch::{Cell, ItemId};
+
+/// One partition of a table on this node.
+pub struct TableReplica<S: Schema> {
+    table: Table<S>,
+    index: Arc<PartitionIndex>,
+    partition: Partition,
+}
+
+impl<S: Schema> TableReplica<S> {
+    /// Partition `partition` of `table`, whose index is `index` (attached to the table as a hook).
+    pub fn new(table: Table<S>, index: Arc<PartitionIndex>, partition: Partition) -> Self {
+        TableReplica {
+            table,
+            index,
+            partition,
+        }
+    }
+
+    fn view(&self) -> &dyn shoal_storage::ReadView {
+        &**self.table.store().engine()
+    }
+}
+
+impl<S: Schema> Replica for TableReplica<S> {
+    fn head(&self) -> Result<Head, SyncError> {
+        Ok(self.index.head(self.view(), self.partition)?)
+    }
+
+    fn cells(&self, from: u64, to: u64) -> Result<Vec<Cell>, SyncError> {
+        Ok(self.index.cells(self.view(), self.partition, from, to)?)
+    }
+
+    fn ids(&self) -> Result<Vec<ItemId>, SyncError> {
+        Ok(self.index.ids(self.view(), self.partition)?)
+    }
+
+    fn has(&self, id: ItemId) -> Result<bool, SyncError> {
+        Ok(self
+            .index
+            .key_of(self.view(), self.partition, id)?
+            .is_some())
+    }
+
+    fn item(&self, id: ItemId) -> Result<Option<Vec<u8>>, SyncError> {
+        match self.index.key_of(self.view(), self.partition, id)? {
+            Some(key) => Ok(self.table.get_raw(&key)?),
+            None => Ok(None),
+        }
+    }
+
+    fn items_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SyncError> {
+        let mut range = partition_range(self.partition);
+        if let Some(a) = after {
+            range = KeyRange {
+                start: Bound::Excluded(a.to_vec()),
+                end: range.end,
+            };
+        }
+        Ok(self.table.scan_raw(&range, limit)?)
+    }
+
+    fn apply(&self, items: Vec<Vec<u8>>) -> Result<ApplyStats, SyncError> {
+        let mut stats = ApplyStats::default();
+        let mut entries = Vec::with_capacity(items.len());
+        for bytes in &items {
+            let entry = S::Entry::decode(bytes)
+                .map_err(|e| SyncError::BadItem(format!("undecodable item: {e}")))?;
+            let key = Table::<S>::key_of(&entry);
+            if partition_of(&key) != self.partition {
+                return Err(SyncError::BadItem(format!(
+                    "item of partition {} in a session for partition {}",
+                    partition_of(&key),
+                    self.partition
+                )));
+            }
+            stats.received += 1;
+            if self.table.get_raw(&key)?.as_deref() == Some(bytes.as_slice()) {
+                stats.identical += 1;
+            }
+            entries.push(entry);
+        }
+        self.table.insert_many(entries)?;
+        Ok(stats)
+    }
+}

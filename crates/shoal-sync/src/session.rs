@@ -1,0 +1,759 @@
+//! The sync session: a pure state machine that leaves both replicas holding the CRDT merge of
+//! both, whichever side starts.
+//!
+//! A session is driven from outside: the initiator is created with [`Session::initiate`], the
+//! responder with [`Session::respond`] on the first message; then each side feeds received
+//! messages to [`Session::receive`] and sends what [`Session::poll_send`] returns until both are
+//! [`done`](Session::is_done). The session reads and writes its own replica through [`Replica`];
+//! it does no I/O of its own, keeps no clock and draws no randomness.
+//!
+//! The conversation (I = initiator, R = responder; round trips in brackets):
+//!
+//! 1. I → R `Hello` (digest: XOR, check and count of the partition's ids). R compares:
+//!    equal → `InSync` [1 round trip, 18 bytes at a million items]. A difference of one item is
+//!    read off the digests: R sends the item, or asks for it with `Want`. An empty side asks for
+//!    everything (`WantAll`) or receives everything.
+//! 2. Otherwise R → I `Cells` 0..m₀ of its sketch, m₀ sized from the count difference.
+//! 3. I peels its own cells against R's. Success → I → R `Want` (ids I lacks) and `Items` (the
+//!    items R lacks); R → I the wanted `Items` [2 round trips]. Failure → I → R `More` with its
+//!    estimator summary; R sizes the next batch from the estimated difference (or, when listing
+//!    every id is cheaper, sends `Ids`), and step 3 repeats [3 round trips].
+//!
+//! Every message is at most [`MAX_MESSAGE_BYTES`](crate::protocol::MAX_MESSAGE_BYTES): cells, ids
+//! and items stream over as many messages as needed. An unexpected message is a
+//! [`SyncError::Protocol`] and changes nothing.
+
+use std::collections::VecDeque;
+
+use crate::estimator::Summary;
+use crate::index::Head;
+use crate::protocol::{
+    Digest, MAX_CELLS_PER_MESSAGE, MAX_IDS_PER_MESSAGE, MAX_ITEM_BYTES_PER_MESSAGE, Message,
+    PROTOCOL_VERSION, WireError, put_varint, take_varint,
+};
+use crate::sketch::{
+    CELL_WIRE_BYTES, Cell, ItemId, WireCell, check_of, decode_cells, encode_cells, peel,
+};
+
+/// Largest item a session accepts.
+pub const MAX_ITEM_BYTES: u64 = 64 << 20;
+
+/// What a session needs from the local replica of the partition being synced.
+pub trait Replica {
+    /// The partition's index head (digest, maintained cells, summary).
+    fn head(&self) -> Result<Head, SyncError>;
+    /// Sketch cells `from..to`.
+    fn cells(&self, from: u64, to: u64) -> Result<Vec<Cell>, SyncError>;
+    /// Every id of the partition.
+    fn ids(&self) -> Result<Vec<ItemId>, SyncError>;
+    /// Whether an item with this id is held.
+    fn has(&self, id: ItemId) -> Result<bool, SyncError>;
+    /// The encoded item with this id, if held.
+    fn item(&self, id: ItemId) -> Result<Option<Vec<u8>>, SyncError>;
+    /// Up to `limit` items of the partition after engine key `after`: (engine key, encoded).
+    fn items_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SyncError>;
+    /// Merges received encoded items (each must belong to the partition).
+    fn apply(&self, items: Vec<Vec<u8>>) -> Result<ApplyStats, SyncError>;
+}
+
+/// What applying received items did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Items received.
+    pub received: u64,
+    /// Items that were already held byte for byte (sent for nothing).
+    pub identical: u64,
+}
+
+/// Why a session failed. After an error the session must be dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// A message could not be decoded.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// A message arrived that the protocol does not allow in this state.
+    #[error("protocol violation: {got} while {state}")]
+    Protocol {
+        /// What the session was waiting for.
+        state: &'static str,
+        /// What arrived.
+        got: &'static str,
+    },
+    /// The peer sent an item of another partition or a malformed item stream.
+    #[error("bad item from peer: {0}")]
+    BadItem(String),
+    /// Local storage failed.
+    #[error(transparent)]
+    Storage(#[from] shoal_storage::StorageError),
+    /// The local table failed.
+    #[error(transparent)]
+    Table(#[from] shoal_table::TableError),
+}
+
+/// Counters of one side of a session.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Items sent.
+    pub items_sent: u64,
+    /// Bytes of encoded items sent (payload, without framing).
+    pub item_bytes_sent: u64,
+    /// Items received and merged.
+    pub items_received: u64,
+    /// Received items that were already held identically.
+    pub items_identical: u64,
+    /// Sketch cells sent.
+    pub cells_sent: u64,
+    /// Ids decoded by peeling (initiator).
+    pub ids_decoded: u64,
+    /// Whether the id-list fallback was used.
+    pub used_id_list: bool,
+}
+
+/// Cells that decode a difference of `d` ids with high probability (measured by the
+/// `sketch_overhead` example: 1.4 per difference for large `d`, more for small).
+pub fn cells_needed(d: f64) -> u64 {
+    (1.4 * d + 6.0 * d.sqrt() + 4.0).ceil() as u64
+}
+
+/// First batch when the count difference is `k` (an exact size for a one-sided difference):
+/// enough to decode it w.h.p., but never more than about 7 cells per difference, so that small
+/// differences stay within three times the information-theoretic minimum.
+fn initial_cells(k: u64) -> u64 {
+    let k = k.max(2);
+    cells_needed(k as f64).min(7 * k - 3)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitReply,
+    AwaitCells,
+    AwaitIds,
+    AwaitItems,
+    AwaitHello,
+    Serving { want_done: bool, items_done: bool },
+    Done,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::AwaitReply => "awaiting the reply to hello",
+            State::AwaitCells => "awaiting cells",
+            State::AwaitIds => "awaiting ids",
+            State::AwaitItems => "awaiting items",
+            State::AwaitHello => "awaiting hello",
+            State::Serving { .. } => "serving requests",
+            State::Done => "finished",
+        }
+    }
+}
+
+fn message_name(m: &Message) -> &'static str {
+    match m {
+        Message::Hello { .. } => "hello",
+        Message::InSync => "in-sync",
+        Message::Cells { .. } => "cells",
+        Message::More { .. } => "more",
+        Message::Ids { .. } => "ids",
+        Message::Want { .. } => "want",
+        Message::WantAll => "want-all",
+        Message::Items { .. } => "items",
+    }
+}
+
+#[derive(Debug)]
+enum Producer {
+    Cells {
+        cells: Vec<Cell>,
+        from: u64,
+        pos: usize,
+    },
+    Ids {
+        ids: Vec<ItemId>,
+        pos: usize,
+        want: bool,
+    },
+    ItemsById {
+        ids: Vec<ItemId>,
+        pos: usize,
+        buf: Vec<u8>,
+    },
+    AllItems {
+        after: Option<Vec<u8>>,
+        exhausted: bool,
+        buf: Vec<u8>,
+    },
+}
+
+/// Reassembles the item stream from `Items` fragments.
+#[derive(Debug, Default)]
+struct ItemStream {
+    buf: Vec<u8>,
+}
+
+impl ItemStream {
+    fn push(&mut self, data: &[u8]) -> Result<Vec<Vec<u8>>, SyncError> {
+        self.buf.extend_from_slice(data);
+        let mut items = Vec::new();
+        let mut rest: &[u8] = &self.buf;
+        loop {
+            let mut probe = rest;
+            let Some(len) = take_varint(&mut probe) else {
+                if rest.len() > 10 {
+                    return Err(SyncError::BadItem("malformed item length".into()));
+                }
+                break;
+            };
+            if len > MAX_ITEM_BYTES {
+                return Err(SyncError::BadItem(format!("item of {len} bytes")));
+            }
+            if (probe.len() as u64) < len {
+                break;
+            }
+            items.push(probe[..len as usize].to_vec());
+            rest = &probe[len as usize..];
+        }
+        let consumed = self.buf.len() - rest.len();
+        self.buf.drain(..consumed);
+        Ok(items)
+    }
+}
+
+/// One side of a sync session over one partition.
+#[derive(Debug)]
+pub struct Session {
+    state: State,
+    out: VecDeque<Message>,
+    producers: VecDeque<Producer>,
+    head: Option<Head>,
+    peer_count: u64,
+    remote_cells: Vec<WireCell>,
+    local_ids: Option<Vec<ItemId>>,
+    summary_sent: bool,
+    remote_ids: Vec<ItemId>,
+    wanted: Vec<ItemId>,
+    cells_offered: u64,
+    inbound: ItemStream,
+    stats: SessionStats,
+}
+
+impl Session {
+    fn new(state: State) -> Self {
+        Session {
+            state,
+            out: VecDeque::new(),
+            producers: VecDeque::new(),
+            head: None,
+            peer_count: 0,
+            remote_cells: Vec::new(),
+            local_ids: None,
+            summary_sent: false,
+            remote_ids: Vec::new(),
+            wanted: Vec::new(),
+            cells_offered: 0,
+            inbound: ItemStream::default(),
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// Starts a session as initiator: queues the `Hello`.
+    pub fn initiate(replica: &dyn Replica) -> Result<Session, SyncError> {
+        let head = replica.head()?;
+        let mut s = Session::new(State::AwaitReply);
+        s.out.push_back(Message::Hello {
+            version: PROTOCOL_VERSION,
+            digest: head.digest().into(),
+        });
+        s.head = Some(head);
+        Ok(s)
+    }
+
+    /// Starts a session as responder, from the initiator's first message.
+    pub fn respond(replica: &dyn Replica, first: Message) -> Result<Session, SyncError> {
+        let mut s = Session::new(State::AwaitHello);
+        s.receive(replica, first)?;
+        Ok(s)
+    }
+
+    /// Whether this side has nothing left to send or receive.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done && self.out.is_empty() && self.producers.is_empty()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// The next message to send, if any. Large transfers are produced lazily, one bounded
+    /// message at a time.
+    pub fn poll_send(&mut self, replica: &dyn Replica) -> Result<Option<Message>, SyncError> {
+        if let Some(m) = self.out.pop_front() {
+            return Ok(Some(m));
+        }
+        let Some(mut p) = self.producers.pop_front() else {
+            return Ok(None);
+        };
+        let (msg, finished) = self.produce(replica, &mut p)?;
+        if !finished {
+            self.producers.push_front(p);
+        }
+        Ok(Some(msg))
+    }
+
+    fn produce(
+        &mut self,
+        replica: &dyn Replica,
+        p: &mut Producer,
+    ) -> Result<(Message, bool), SyncError> {
+        match p {
+            Producer::Cells { cells, from, pos } => {
+                let end = (*pos + MAX_CELLS_PER_MESSAGE).min(cells.len());
+                let msg = Message::Cells {
+                    from: *from + *pos as u64,
+                    cells: encode_cells(&cells[*pos..end]),
+                    last: end == cells.len(),
+                };
+                self.stats.cells_sent += (end - *pos) as u64;
+                *pos = end;
+                Ok((msg, end == cells.len()))
+            }
+            Producer::Ids { ids, pos, want } => {
+                let end = (*pos + MAX_IDS_PER_MESSAGE).min(ids.len());
+                let packed = ids[*pos..end]
+                    .iter()
+                    .flat_map(|i| i.0.to_le_bytes())
+                    .collect();
+                let last = end == ids.len();
+                *pos = end;
+                let msg = if *want {
+                    Message::Want { ids: packed, last }
+                } else {
+                    Message::Ids { ids: packed, last }
+                };
+                Ok((msg, last))
+            }
+            Producer::ItemsById { ids, pos, buf } => {
+                while buf.len() < MAX_ITEM_BYTES_PER_MESSAGE && *pos < ids.len() {
+                    // An item that vanished meanwhile (offloaded, say) is skipped.
+                    if let Some(item) = replica.item(ids[*pos])? {
+                        self.stats.items_sent += 1;
+                        self.stats.item_bytes_sent += item.len() as u64;
+                        put_varint(buf, item.len() as u64);
+                        buf.extend_from_slice(&item);
+                    }
+                    *pos += 1;
+                }
+                let exhausted = *pos == ids.len();
+                Ok(Self::items_message(buf, exhausted))
+            }
+            Producer::AllItems {
+                after,
+                exhausted,
+                buf,
+            } => {
+                while buf.len() < MAX_ITEM_BYTES_PER_MESSAGE && !*exhausted {
+                    let page = replica.items_after(after.as_deref(), 256)?;
+                    if page.len() < 256 {
+                        *exhausted = true;
+                    }
+                    for (k, v) in page {
+                        self.stats.items_sent += 1;
+                        self.stats.item_bytes_sent += v.len() as u64;
+                        put_varint(buf, v.len() as u64);
+                        buf.extend_from_slice(&v);
+                        *after = Some(k);
+                    }
+                }
+                Ok(Self::items_message(buf, *exhausted))
+            }
+        }
+    }
+
+    fn items_message(buf: &mut Vec<u8>, source_exhausted: bool) -> (Message, bool) {
+        let n = buf.len().min(MAX_ITEM_BYTES_PER_MESSAGE);
+        let data: Vec<u8> = buf.drain(..n).collect();
+        let last = source_exhausted && buf.is_empty();
+        (Message::Items { data, last }, last)
+    }
+
+    fn violation(&self, got: &Message) -> SyncError {
+        SyncError::Protocol {
+            state: self.state.name(),
+            got: message_name(got),
+        }
+    }
+
+    /// Feeds one received message.
+    pub fn receive(&mut self, replica: &dyn Replica, msg: Message) -> Result<(), SyncError> {
+        match (self.state, msg) {
+            (State::AwaitHello, Message::Hello { version, digest }) => {
+                if version != PROTOCOL_VERSION {
+                    return Err(WireError::UnknownVersion(version).into());
+                }
+                self.on_hello(replica, digest)
+            }
+            (State::AwaitReply, Message::InSync) => {
+                self.state = State::Done;
+                Ok(())
+            }
+            (State::AwaitReply | State::AwaitCells, Message::Cells { from, cells, last })
+                if from == self.remote_cells.len() as u64 =>
+            {
+                let cells = decode_cells(&cells).ok_or(WireError::Malformed("cells"))?;
+                self.remote_cells.extend(cells);
+                if last {
+                    self.try_decode(replica)?;
+                }
+                Ok(())
+            }
+            (State::AwaitReply, Message::Want { ids, last: true }) => {
+                // The responder read a one-item difference off the digests.
+                let ids = unpack_ids(&ids);
+                let mut all_held = true;
+                for id in &ids {
+                    all_held &= replica.has(*id)?;
+                }
+                if all_held {
+                    self.producers.push_back(Producer::ItemsById {
+                        ids,
+                        pos: 0,
+                        buf: Vec::new(),
+                    });
+                    self.state = State::Done;
+                } else {
+                    // A digest accident: ask for a sketch instead.
+                    self.request_more(2 * initial_cells(2))?;
+                }
+                Ok(())
+            }
+            (State::AwaitReply, Message::WantAll) => {
+                self.producers.push_back(Producer::AllItems {
+                    after: None,
+                    exhausted: false,
+                    buf: Vec::new(),
+                });
+                self.state = State::Done;
+                Ok(())
+            }
+            (State::AwaitReply | State::AwaitItems, Message::Items { data, last }) => {
+                self.take_items(replica, &data, last)?;
+                if last {
+                    self.state = State::Done;
+                }
+                Ok(())
+            }
+            (State::AwaitCells | State::AwaitIds, Message::Ids { ids, last }) => {
+                self.state = State::AwaitIds;
+                self.remote_ids.extend(unpack_ids(&ids));
+                if last {
+                    self.finish_from_id_lists(replica)?;
+                }
+                Ok(())
+            }
+            (
+                State::Serving {
+                    want_done,
+                    items_done,
+                },
+                msg,
+            ) => self.serve(replica, msg, want_done, items_done),
+            (_, msg) => Err(self.violation(&msg)),
+        }
+    }
+
+    fn take_items(
+        &mut self,
+        replica: &dyn Replica,
+        data: &[u8],
+        last: bool,
+    ) -> Result<(), SyncError> {
+        let items = self.inbound.push(data)?;
+        if last && !self.inbound.buf.is_empty() {
+            return Err(SyncError::BadItem("item stream ends inside an item".into()));
+        }
+        if !items.is_empty() {
+            let applied = replica.apply(items)?;
+            self.stats.items_received += applied.received;
+            self.stats.items_identical += applied.identical;
+        }
+        Ok(())
+    }
+
+    // ---- responder ----------------------------------------------------------------------
+
+    fn on_hello(&mut self, replica: &dyn Replica, theirs: Digest) -> Result<(), SyncError> {
+        let head = replica.head()?;
+        let ours: Digest = head.digest().into();
+        self.peer_count = theirs.count;
+        if ours == theirs {
+            self.out.push_back(Message::InSync);
+            self.state = State::Done;
+            return Ok(());
+        }
+        if theirs.count == 0 {
+            self.producers.push_back(Producer::AllItems {
+                after: None,
+                exhausted: false,
+                buf: Vec::new(),
+            });
+            self.state = State::Done;
+            return Ok(());
+        }
+        if ours.count == 0 {
+            self.out.push_back(Message::WantAll);
+            self.state = State::Serving {
+                want_done: true,
+                items_done: false,
+            };
+            return Ok(());
+        }
+        let x = ItemId(ours.xor ^ theirs.xor);
+        let pure = x.0 != 0 && check_of(x) == ours.check ^ theirs.check;
+        if pure && ours.count == theirs.count + 1 && replica.has(x)? {
+            self.producers.push_back(Producer::ItemsById {
+                ids: vec![x],
+                pos: 0,
+                buf: Vec::new(),
+            });
+            self.state = State::Done;
+            self.head = Some(head);
+            return Ok(());
+        }
+        if pure && theirs.count == ours.count + 1 && !replica.has(x)? {
+            self.out.push_back(Message::Want {
+                ids: x.0.to_le_bytes().to_vec(),
+                last: true,
+            });
+            self.state = State::Serving {
+                want_done: true,
+                items_done: false,
+            };
+            self.head = Some(head);
+            return Ok(());
+        }
+        let m0 = initial_cells(ours.count.abs_diff(theirs.count));
+        self.head = Some(head);
+        self.offer_cells(replica, m0)?;
+        self.state = State::Serving {
+            want_done: false,
+            items_done: false,
+        };
+        Ok(())
+    }
+
+    fn offer_cells(&mut self, replica: &dyn Replica, upto: u64) -> Result<(), SyncError> {
+        let from = self.cells_offered;
+        if upto <= from {
+            return Ok(());
+        }
+        let cells = replica.cells(from, upto)?;
+        self.cells_offered = upto;
+        self.producers.push_back(Producer::Cells {
+            cells,
+            from,
+            pos: 0,
+        });
+        Ok(())
+    }
+
+    fn serve(
+        &mut self,
+        replica: &dyn Replica,
+        msg: Message,
+        mut want_done: bool,
+        mut items_done: bool,
+    ) -> Result<(), SyncError> {
+        match msg {
+            Message::More { upto, summary } if !want_done || !items_done => {
+                let head = match &self.head {
+                    Some(h) => h.clone(),
+                    None => replica.head()?,
+                };
+                let mut target = upto.max(2 * self.cells_offered).max(initial_cells(2));
+                if let Some(s) = summary {
+                    let theirs = Summary::from_wire(&s).ok_or(WireError::Malformed("more"))?;
+                    let estimate = head.summary.estimate_difference(&theirs);
+                    target = target.max(cells_needed(1.5 * estimate));
+                }
+                // When the difference is so large that the id list is smaller than the cells
+                // still to send, list the ids instead.
+                let cell_bytes = (target - self.cells_offered) * CELL_WIRE_BYTES as u64;
+                if cell_bytes > 8 * head.count() {
+                    self.stats.used_id_list = true;
+                    self.producers.push_back(Producer::Ids {
+                        ids: replica.ids()?,
+                        pos: 0,
+                        want: false,
+                    });
+                } else {
+                    self.offer_cells(replica, target)?;
+                }
+                // A fallback from the one-item shortcut: the full exchange follows.
+                want_done = false;
+                self.state = State::Serving {
+                    want_done,
+                    items_done,
+                };
+                Ok(())
+            }
+            Message::Want { ids, last } if !want_done => {
+                self.wanted.extend(unpack_ids(&ids));
+                if last {
+                    want_done = true;
+                    if !self.wanted.is_empty() {
+                        self.producers.push_back(Producer::ItemsById {
+                            ids: std::mem::take(&mut self.wanted),
+                            pos: 0,
+                            buf: Vec::new(),
+                        });
+                    }
+                }
+                self.state = State::Serving {
+                    want_done,
+                    items_done,
+                };
+                self.maybe_done();
+                Ok(())
+            }
+            Message::Items { data, last } if !items_done => {
+                self.take_items(replica, &data, last)?;
+                items_done = last;
+                self.state = State::Serving {
+                    want_done,
+                    items_done,
+                };
+                self.maybe_done();
+                Ok(())
+            }
+            other => Err(self.violation(&other)),
+        }
+    }
+
+    fn maybe_done(&mut self) {
+        if self.state
+            == (State::Serving {
+                want_done: true,
+                items_done: true,
+            })
+        {
+            self.state = State::Done;
+        }
+    }
+
+    // ---- initiator ----------------------------------------------------------------------
+
+    fn local_cells(&mut self, replica: &dyn Replica, m: u64) -> Result<Vec<Cell>, SyncError> {
+        let head = self.head.as_ref().expect("initiator has its head");
+        if m <= head.cells.len() as u64 {
+            return Ok(head.cells[..m as usize].to_vec());
+        }
+        if self.local_ids.is_none() {
+            self.local_ids = Some(replica.ids()?);
+        }
+        let ids = self.local_ids.as_ref().expect("just loaded");
+        Ok(crate::sketch::cells_of(ids.iter().copied(), 0, m))
+    }
+
+    fn try_decode(&mut self, replica: &dyn Replica) -> Result<(), SyncError> {
+        let m = self.remote_cells.len() as u64;
+        let local = self.local_cells(replica, m)?;
+        if let Some(diff) = peel(&local, &self.remote_cells) {
+            let mut genuine = true;
+            for id in &diff.local_only {
+                if !replica.has(*id)? {
+                    genuine = false;
+                    break;
+                }
+            }
+            if genuine {
+                self.stats.ids_decoded = diff.len() as u64;
+                self.finish(diff.local_only, diff.remote_only);
+                return Ok(());
+            }
+        }
+        self.request_more(2 * m)
+    }
+
+    fn request_more(&mut self, upto: u64) -> Result<(), SyncError> {
+        let summary = if self.summary_sent {
+            None
+        } else {
+            self.summary_sent = true;
+            self.head.as_ref().map(|h| h.summary.to_wire())
+        };
+        self.out.push_back(Message::More { upto, summary });
+        self.state = State::AwaitCells;
+        Ok(())
+    }
+
+    fn finish_from_id_lists(&mut self, replica: &dyn Replica) -> Result<(), SyncError> {
+        let mut local = match self.local_ids.take() {
+            Some(ids) => ids,
+            None => replica.ids()?,
+        };
+        local.sort_unstable();
+        let mut remote = std::mem::take(&mut self.remote_ids);
+        remote.sort_unstable();
+        let (mut local_only, mut remote_only) = (Vec::new(), Vec::new());
+        let (mut i, mut j) = (0, 0);
+        while i < local.len() || j < remote.len() {
+            match (local.get(i), remote.get(j)) {
+                (Some(a), Some(b)) if a == b => {
+                    i += 1;
+                    j += 1;
+                }
+                (Some(a), Some(b)) if a < b => {
+                    local_only.push(*a);
+                    i += 1;
+                }
+                (Some(_), Some(b)) => {
+                    remote_only.push(*b);
+                    j += 1;
+                }
+                (Some(a), None) => {
+                    local_only.push(*a);
+                    i += 1;
+                }
+                (None, Some(b)) => {
+                    remote_only.push(*b);
+                    j += 1;
+                }
+                (None, None) => break,
+            }
+        }
+        self.stats.used_id_list = true;
+        self.finish(local_only, remote_only);
+        Ok(())
+    }
+
+    fn finish(&mut self, local_only: Vec<ItemId>, remote_only: Vec<ItemId>) {
+        let wants = !remote_only.is_empty();
+        self.producers.push_back(Producer::Ids {
+            ids: remote_only,
+            pos: 0,
+            want: true,
+        });
+        self.producers.push_back(Producer::ItemsById {
+            ids: local_only,
+            pos: 0,
+            buf: Vec::new(),
+        });
+        self.state = if wants {
+            State::AwaitItems
+        } else {
+            State::Done
+        };
+    }
+}
+
+fn unpack_ids(packed: &[u8]) -> Vec<ItemId> {
+    packed
+        .chunks_exact(8)
+        .map(|c| ItemId(u64::from_le_bytes(c.try_into().expect("8 bytes"))))
+        .collect()
+}
