@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use shoal_storage::{Direction, KeyRange, ReadView, StorageError, Store, WriteTx};
+use shoal_storage::{Direction, Entries, KeyRange, ReadView, StorageError, Store, WriteTx};
 use shoal_table::{Change, ChangeHook};
 
 use crate::estimator::Summary;
@@ -285,7 +285,7 @@ fn scan_all(
     view: &(impl ReadView + ?Sized),
     tree: &str,
     range: &KeyRange,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+) -> Result<Entries, StorageError> {
     view.scan(tree, range, Direction::Forward, usize::MAX)
 }
 

@@ -229,7 +229,7 @@ impl Message {
             }
         };
         let packed_ids = |rest: &[u8], what| -> Result<Vec<u8>, WireError> {
-            if rest.len() % 8 != 0 {
+            if !rest.len().is_multiple_of(8) {
                 return Err(WireError::Malformed(what));
             }
             Ok(rest.to_vec())

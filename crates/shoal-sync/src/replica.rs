@@ -64,7 +64,7 @@ impl<S: Schema> Replica for TableReplica<S> {
         &self,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SyncError> {
+    ) -> Result<shoal_storage::Entries, SyncError> {
         let mut range = partition_range(self.partition);
         if let Some(a) = after {
             range = KeyRange {

@@ -55,7 +55,7 @@ pub trait Replica {
         &self,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SyncError>;
+    ) -> Result<shoal_storage::Entries, SyncError>;
     /// Merges received encoded items (each must belong to the partition).
     fn apply(&self, items: Vec<Vec<u8>>) -> Result<ApplyStats, SyncError>;
 }
