@@ -1,7 +1,9 @@
 //! Shoal's benchmarks. Each subcommand prints one JSON object per line per configuration, so
 //! figures can be compared across machines and commits.
 
+mod negentropy_baseline;
 mod storage;
+mod sync;
 
 use clap::{Parser, Subcommand};
 
@@ -16,10 +18,13 @@ struct Cli {
 enum Command {
     /// Durable write throughput of the storage engine with concurrent writers (group commit).
     Storage(storage::Args),
+    /// Reconciliation of two on-disk replicas of one partition: Shoal vs the seed vs negentropy.
+    Sync(sync::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Storage(args) => storage::run(&args),
+        Command::Sync(args) => sync::run(&args),
     }
 }

@@ -19,7 +19,7 @@ fn main() {
             let (mut lo, mut hi) = (1u64, max);
             while lo < hi {
                 let mid = (lo + hi) / 2;
-                if peel(&local[..mid as usize], &empty[..mid as usize]).is_some() {
+                if peel(&local[..mid as usize], &empty[..mid as usize]).is_ok() {
                     hi = mid;
                 } else {
                     lo = mid + 1;

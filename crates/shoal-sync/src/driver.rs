@@ -2,6 +2,8 @@
 //! byte: for tests, benchmarks and local repair. Each side sends everything it can before the
 //! other answers, so a *leg* is one side's uninterrupted stream and a round trip is two legs.
 
+use std::time::Duration;
+
 use crate::protocol::{MAX_MESSAGE_BYTES, Message};
 use crate::session::{Replica, Session, SessionStats, SyncError};
 
@@ -24,6 +26,10 @@ pub struct Transcript {
     pub a: SessionStats,
     /// Responder's counters.
     pub b: SessionStats,
+    /// Time the initiator's side spent working (by the caller's clock).
+    pub time_a: Duration,
+    /// Time the responder's side spent working.
+    pub time_b: Duration,
 }
 
 impl Transcript {
@@ -40,28 +46,67 @@ impl Transcript {
 
 /// Syncs `a` (initiator) with `b` (responder) to completion, through encoded messages.
 pub fn sync_pair(a: &dyn Replica, b: &dyn Replica) -> Result<Transcript, SyncError> {
+    sync_pair_timed(a, b, &|| Duration::ZERO)
+}
+
+/// [`sync_pair`], charging each side's work to it with `clock` (for instance the thread's CPU
+/// time).
+pub fn sync_pair_timed(
+    a: &dyn Replica,
+    b: &dyn Replica,
+    clock: &dyn Fn() -> Duration,
+) -> Result<Transcript, SyncError> {
     let mut t = Transcript::default();
-    let mut ia = Session::initiate(a)?;
+    let timed = |acc: &mut Duration, f: &mut dyn FnMut() -> Result<(), SyncError>| {
+        let start = clock();
+        let r = f();
+        *acc += clock().saturating_sub(start);
+        r
+    };
+    let mut ia = None;
+    timed(&mut t.time_a, &mut || {
+        ia = Some(Session::initiate(a)?);
+        Ok(())
+    })?;
+    let mut ia = ia.expect("initiated");
     let mut rb: Option<Session> = None;
     loop {
         let mut sent = false;
-        while let Some(m) = ia.poll_send(a)? {
-            let msg = carry(&mut t, &m, true)?;
+        loop {
+            let mut next = None;
+            timed(&mut t.time_a, &mut || {
+                next = ia.poll_send(a)?;
+                Ok(())
+            })?;
+            let Some(m) = next else { break };
+            let mut msg = Some(carry(&mut t, &m, true)?);
             sent = true;
-            match rb.as_mut() {
-                Some(s) => s.receive(b, msg)?,
-                None => rb = Some(Session::respond(b, msg)?),
-            }
+            timed(&mut t.time_b, &mut || {
+                let msg = msg.take().expect("delivered once");
+                match rb.as_mut() {
+                    Some(s) => s.receive(b, msg)?,
+                    None => rb = Some(Session::respond(b, msg)?),
+                }
+                Ok(())
+            })?;
         }
         if sent {
             t.legs += 1;
         }
         let mut answered = false;
         if let Some(s) = rb.as_mut() {
-            while let Some(m) = s.poll_send(b)? {
-                let msg = carry(&mut t, &m, false)?;
+            loop {
+                let mut next = None;
+                timed(&mut t.time_b, &mut || {
+                    next = s.poll_send(b)?;
+                    Ok(())
+                })?;
+                let Some(m) = next else { break };
+                let mut msg = Some(carry(&mut t, &m, false)?);
                 answered = true;
-                ia.receive(a, msg)?;
+                timed(&mut t.time_a, &mut || {
+                    ia.receive(a, msg.take().expect("delivered once"))
+                })?;
             }
         }
         if answered {

@@ -22,5 +22,6 @@ pub mod ids;
 pub mod index;
 pub mod protocol;
 pub mod replica;
+pub mod seed;
 pub mod session;
 pub mod sketch;

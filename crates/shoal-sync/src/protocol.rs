@@ -339,7 +339,7 @@ mod tests {
             Message::WantAll,
             Message::Cells {
                 from: 300,
-                cells: vec![1; 26],
+                cells: vec![1; 24],
                 last: true,
             },
             Message::More {

@@ -234,6 +234,7 @@ pub struct Session {
     remote_cells: Vec<WireCell>,
     local_ids: Option<Vec<ItemId>>,
     summary_sent: bool,
+    doubled_blind: bool,
     remote_ids: Vec<ItemId>,
     wanted: Vec<ItemId>,
     cells_offered: u64,
@@ -252,6 +253,7 @@ impl Session {
             remote_cells: Vec::new(),
             local_ids: None,
             summary_sent: false,
+            doubled_blind: false,
             remote_ids: Vec::new(),
             wanted: Vec::new(),
             cells_offered: 0,
@@ -662,19 +664,34 @@ impl Session {
     fn try_decode(&mut self, replica: &dyn Replica) -> Result<(), SyncError> {
         let m = self.remote_cells.len() as u64;
         let local = self.local_cells(replica, m)?;
-        if let Some(diff) = peel(&local, &self.remote_cells) {
-            let mut genuine = true;
-            for id in &diff.local_only {
-                if !replica.has(*id)? {
-                    genuine = false;
-                    break;
+        let sparse = match peel(&local, &self.remote_cells) {
+            Ok(diff) => {
+                let mut genuine = true;
+                for id in &diff.local_only {
+                    if !replica.has(*id)? {
+                        genuine = false;
+                        break;
+                    }
                 }
+                if genuine {
+                    self.stats.ids_decoded = diff.len() as u64;
+                    self.finish(diff.local_only, diff.remote_only);
+                    return Ok(());
+                }
+                false
             }
-            if genuine {
-                self.stats.ids_decoded = diff.len() as u64;
-                self.finish(diff.local_only, diff.remote_only);
-                return Ok(());
-            }
+            // Most cells already empty: the difference is small, and twice the cells will
+            // most likely do; the summary would cost more than the cells it saves.
+            Err(residual) => residual.nonzero * 2 <= m as usize,
+        };
+        if sparse && !self.doubled_blind && !self.summary_sent {
+            self.doubled_blind = true;
+            self.out.push_back(Message::More {
+                upto: 2 * m,
+                summary: None,
+            });
+            self.state = State::AwaitCells;
+            return Ok(());
         }
         self.request_more(2 * m)
     }

@@ -16,8 +16,13 @@
 //! Cells are updated in O(1) per id and per cell, so the first cells are kept up to date on every
 //! write ([`crate::index`]), and later ones are computed from the partition's ids when needed.
 
-/// Bytes of one cell on the wire: XOR of ids (8), XOR of checks (4), count modulo 256 (1).
-pub const CELL_WIRE_BYTES: usize = 13;
+/// Bytes of one cell on the wire: XOR of ids (8), XOR of 24-bit checks (3), count modulo 256
+/// (1). A false "pure" cell (probability 2⁻²⁴ per test) only makes peeling fail, never succeed
+/// wrongly: the session then asks for more cells.
+pub const CELL_WIRE_BYTES: usize = 12;
+
+/// The part of a check that travels in wire cells.
+const WIRE_CHECK_MASK: u32 = 0x00ff_ffff;
 
 /// A 64-bit item id: a keyed hash of (engine key, value hash); never zero.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -106,7 +111,7 @@ impl Cell {
 
     fn to_wire(self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.xor.to_le_bytes());
-        out.extend_from_slice(&self.check.to_le_bytes());
+        out.extend_from_slice(&self.check.to_le_bytes()[..3]);
         out.push(self.count as u8);
     }
 }
@@ -142,12 +147,12 @@ pub fn encode_cells(cells: &[Cell]) -> Vec<u8> {
     out
 }
 
-/// A cell as received: counts are known modulo 256 only.
+/// A cell as received: counts are known modulo 256 only, checks to 24 bits.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub struct WireCell {
     /// XOR of the ids.
     pub xor: u64,
-    /// XOR of the checks.
+    /// XOR of the checks' low 24 bits.
     pub check: u32,
     /// Count modulo 256.
     pub count: u8,
@@ -157,7 +162,7 @@ impl From<Cell> for WireCell {
     fn from(c: Cell) -> Self {
         WireCell {
             xor: c.xor,
-            check: c.check,
+            check: c.check & WIRE_CHECK_MASK,
             count: c.count as u8,
         }
     }
@@ -173,8 +178,8 @@ pub fn decode_cells(bytes: &[u8]) -> Option<Vec<WireCell>> {
             .chunks_exact(CELL_WIRE_BYTES)
             .map(|c| WireCell {
                 xor: u64::from_le_bytes(c[0..8].try_into().expect("8 bytes")),
-                check: u32::from_le_bytes(c[8..12].try_into().expect("4 bytes")),
-                count: c[12],
+                check: u32::from_le_bytes([c[8], c[9], c[10], 0]),
+                count: c[11],
             })
             .collect(),
     )
@@ -200,19 +205,32 @@ impl Difference {
     }
 }
 
-/// Peels `local − remote` over the cells `0..local.len()`. `Some` once every cell is empty (the
-/// difference is fully recovered); `None` if more cells are needed.
-pub fn peel(local: &[Cell], remote: &[WireCell]) -> Option<Difference> {
+/// What is left when peeling stops short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Residual {
+    /// Cells still holding differences.
+    pub nonzero: usize,
+    /// Ids recovered before peeling stopped.
+    pub peeled: usize,
+}
+
+fn wire_check(id: ItemId) -> u32 {
+    check_of(id) & WIRE_CHECK_MASK
+}
+
+/// Peels `local − remote` over the cells `0..local.len()`. `Ok` once every cell is empty (the
+/// difference is fully recovered); `Err` with what is left if more cells are needed.
+pub fn peel(local: &[Cell], remote: &[WireCell]) -> Result<Difference, Residual> {
     let m = local.len().min(remote.len());
     let mut diff: Vec<WireCell> = (0..m)
         .map(|i| WireCell {
             xor: local[i].xor ^ remote[i].xor,
-            check: local[i].check ^ remote[i].check,
+            check: (local[i].check & WIRE_CHECK_MASK) ^ remote[i].check,
             count: (local[i].count as u8).wrapping_sub(remote[i].count),
         })
         .collect();
     let pure = |c: &WireCell| {
-        (c.count == 1 || c.count == 255) && c.xor != 0 && check_of(ItemId(c.xor)) == c.check
+        (c.count == 1 || c.count == 255) && c.xor != 0 && wire_check(ItemId(c.xor)) == c.check
     };
     let mut stack: Vec<usize> = (0..m).filter(|&i| pure(&diff[i])).collect();
     let mut out = Difference::default();
@@ -223,7 +241,7 @@ pub fn peel(local: &[Cell], remote: &[WireCell]) -> Option<Difference> {
             continue;
         }
         if budget == 0 {
-            return None;
+            break;
         }
         budget -= 1;
         let id = ItemId(diff[i].xor);
@@ -233,7 +251,7 @@ pub fn peel(local: &[Cell], remote: &[WireCell]) -> Option<Difference> {
         } else {
             out.remote_only.push(id);
         }
-        let check = check_of(id);
+        let check = wire_check(id);
         for j in CellIndices::of(id) {
             if j >= m as u64 {
                 break;
@@ -251,10 +269,14 @@ pub fn peel(local: &[Cell], remote: &[WireCell]) -> Option<Difference> {
             }
         }
     }
-    if diff.iter().all(|c| *c == WireCell::default()) {
-        Some(out)
+    let nonzero = diff.iter().filter(|c| **c != WireCell::default()).count();
+    if nonzero == 0 {
+        Ok(out)
     } else {
-        None
+        Err(Residual {
+            nonzero,
+            peeled: out.len(),
+        })
     }
 }
 
@@ -304,7 +326,7 @@ mod tests {
         assert_eq!(d.local_only, ea);
         assert_eq!(d.remote_only, eb);
         // Too few cells: peeling reports failure, never a wrong answer.
-        assert!(peel(&ca[..20], &cb[..20]).is_none());
+        assert!(peel(&ca[..20], &cb[..20]).is_err());
     }
 
     #[test]
@@ -315,7 +337,7 @@ mod tests {
         assert_eq!(a, cells_of(shuffled, 0, 10));
         let wire = decode_cells(&encode_cells(&a)).unwrap();
         assert_eq!(wire.len(), 10);
-        assert_eq!(peel(&a, &wire), Some(Difference::default()));
+        assert_eq!(peel(&a, &wire), Ok(Difference::default()));
         assert!(decode_cells(&[0u8; 14]).is_none());
     }
 

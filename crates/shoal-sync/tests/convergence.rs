@@ -254,3 +254,29 @@ fn large_difference_on_disk_stays_within_message_bounds() {
     assert!(a.dump() == b.dump());
     assert_eq!(a.head(P), b.head(P));
 }
+
+#[test]
+fn seed_baseline_needs_both_directions() {
+    let c = Case {
+        common: (0..300).map(|i| (i, 1)).collect(),
+        only_a: (1000..1010).map(|i| (i, 2)).collect(),
+        only_b: (2000..2010).map(|i| (i, 3)).collect(),
+        modified: (3000..3005).map(|i| (i, 1, 2)).collect(),
+        b_starts: false,
+    };
+    let (a, b) = build(&c);
+    let in_p = |n: &Node| {
+        n.dump()
+            .into_iter()
+            .filter(|(k, _)| k[0] == P)
+            .collect::<Vec<_>>()
+    };
+    let one = shoal_sync::seed::seed_sync(&a.replica(P), &b.replica(P), P).unwrap();
+    assert!(
+        in_p(&a) != in_p(&b),
+        "the seed's one-way sync leaves B's extra items behind"
+    );
+    assert!(one.round_trips >= 2);
+    shoal_sync::seed::seed_sync(&b.replica(P), &a.replica(P), P).unwrap();
+    assert!(in_p(&a) == in_p(&b), "both directions converge");
+}

@@ -13,7 +13,9 @@ fn node_with(n: u32) -> Node {
     let node = Node::memory();
     let pk = pk_in(P, 0);
     for i in 0..n {
-        node.table.insert(&item(&pk, &i.to_be_bytes(), 1, 1, b"v")).unwrap();
+        node.table
+            .insert(&item(&pk, &i.to_be_bytes(), 1, 1, b"v"))
+            .unwrap();
     }
     node
 }
@@ -22,9 +24,25 @@ fn node_with(n: u32) -> Node {
 fn a_responder_needs_hello_first() {
     let b = node_with(10);
     let before = b.dump();
-    for first in [Message::InSync, Message::WantAll, Message::More { upto: 5, summary: None }] {
+    for first in [
+        Message::InSync,
+        Message::WantAll,
+        Message::More {
+            upto: 5,
+            summary: None,
+        },
+    ] {
         let err = Session::respond(&b.replica(P), first).unwrap_err();
-        assert!(matches!(err, SyncError::Protocol { state: "awaiting hello", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                SyncError::Protocol {
+                    state: "awaiting hello",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
     assert!(b.dump() == before);
 }
@@ -33,7 +51,11 @@ fn a_responder_needs_hello_first() {
 fn unknown_version_is_refused() {
     let mut bytes = Message::Hello {
         version: PROTOCOL_VERSION,
-        digest: Digest { xor: 1, check: 2, count: 3 },
+        digest: Digest {
+            xor: 1,
+            check: 2,
+            count: 3,
+        },
     }
     .encode();
     bytes[1] = 9;
@@ -41,10 +63,20 @@ fn unknown_version_is_refused() {
     let b = node_with(3);
     let err = Session::respond(
         &b.replica(P),
-        Message::Hello { version: 9, digest: Digest { xor: 1, check: 2, count: 3 } },
+        Message::Hello {
+            version: 9,
+            digest: Digest {
+                xor: 1,
+                check: 2,
+                count: 3,
+            },
+        },
     )
     .unwrap_err();
-    assert!(matches!(err, SyncError::Wire(WireError::UnknownVersion(9))), "{err}");
+    assert!(
+        matches!(err, SyncError::Wire(WireError::UnknownVersion(9))),
+        "{err}"
+    );
 }
 
 #[test]
@@ -57,16 +89,42 @@ fn unexpected_messages_mid_session_are_errors() {
     let before = (a.dump(), b.dump());
     // The initiator never receives a hello; the responder never receives in-sync.
     let err = ia
-        .receive(&ra, Message::Hello { version: 1, digest: Digest { xor: 0, check: 0, count: 0 } })
+        .receive(
+            &ra,
+            Message::Hello {
+                version: 1,
+                digest: Digest {
+                    xor: 0,
+                    check: 0,
+                    count: 0,
+                },
+            },
+        )
         .unwrap_err();
-    assert!(matches!(err, SyncError::Protocol { got: "hello", .. }), "{err}");
+    assert!(
+        matches!(err, SyncError::Protocol { got: "hello", .. }),
+        "{err}"
+    );
     let err = sb.receive(&rb, Message::InSync).unwrap_err();
-    assert!(matches!(err, SyncError::Protocol { got: "in-sync", .. }), "{err}");
+    assert!(
+        matches!(err, SyncError::Protocol { got: "in-sync", .. }),
+        "{err}"
+    );
     // Cells out of order.
     let err = ia
-        .receive(&ra, Message::Cells { from: 5, cells: vec![0; 13], last: true })
+        .receive(
+            &ra,
+            Message::Cells {
+                from: 5,
+                cells: vec![0; 12],
+                last: true,
+            },
+        )
         .unwrap_err();
-    assert!(matches!(err, SyncError::Protocol { got: "cells", .. }), "{err}");
+    assert!(
+        matches!(err, SyncError::Protocol { got: "cells", .. }),
+        "{err}"
+    );
     assert!((a.dump(), b.dump()) == before, "violations change nothing");
 }
 
@@ -81,7 +139,14 @@ fn items_of_another_partition_or_malformed_streams_are_refused_whole() {
     let re = empty.replica(P);
     let mut s = Session::respond(
         &re,
-        Message::Hello { version: 1, digest: Digest { xor: 5, check: 6, count: 10 } },
+        Message::Hello {
+            version: 1,
+            digest: Digest {
+                xor: 5,
+                check: 6,
+                count: 10,
+            },
+        },
     )
     .unwrap();
     assert_eq!(s.poll_send(&re).unwrap(), Some(Message::WantAll));
@@ -92,33 +157,56 @@ fn items_of_another_partition_or_malformed_streams_are_refused_whole() {
         put_varint(&mut data, it.len() as u64);
         data.extend_from_slice(it);
     }
-    let err = s.receive(&re, Message::Items { data, last: true }).unwrap_err();
+    let err = s
+        .receive(&re, Message::Items { data, last: true })
+        .unwrap_err();
     assert!(matches!(err, SyncError::BadItem(_)), "{err}");
-    assert!(empty.dump().is_empty(), "the good item of a bad batch is not applied either");
+    assert!(
+        empty.dump().is_empty(),
+        "the good item of a bad batch is not applied either"
+    );
 
     // A stream that ends inside an item.
     let mut s = Session::respond(
         &re,
-        Message::Hello { version: 1, digest: Digest { xor: 5, check: 6, count: 10 } },
+        Message::Hello {
+            version: 1,
+            digest: Digest {
+                xor: 5,
+                check: 6,
+                count: 10,
+            },
+        },
     )
     .unwrap();
     s.poll_send(&re).unwrap();
     let mut data = Vec::new();
     put_varint(&mut data, 1000);
     data.extend_from_slice(&[1, 2, 3]);
-    let err = s.receive(&re, Message::Items { data, last: true }).unwrap_err();
+    let err = s
+        .receive(&re, Message::Items { data, last: true })
+        .unwrap_err();
     assert!(matches!(err, SyncError::BadItem(_)), "{err}");
     // An absurd length prefix is refused before anything is buffered for it (a session that
     // failed is dropped: a fresh one).
     let mut s = Session::respond(
         &re,
-        Message::Hello { version: 1, digest: Digest { xor: 5, check: 6, count: 10 } },
+        Message::Hello {
+            version: 1,
+            digest: Digest {
+                xor: 5,
+                check: 6,
+                count: 10,
+            },
+        },
     )
     .unwrap();
     s.poll_send(&re).unwrap();
     let mut data = Vec::new();
     put_varint(&mut data, u64::MAX >> 1);
-    let err = s.receive(&re, Message::Items { data, last: false }).unwrap_err();
+    let err = s
+        .receive(&re, Message::Items { data, last: false })
+        .unwrap_err();
     assert!(matches!(err, SyncError::BadItem(_)), "{err}");
     assert!(empty.dump().is_empty());
     assert!(a.dump() == before);

@@ -249,6 +249,26 @@ impl<S: Schema> Table<S> {
         })?)
     }
 
+    /// [`Table::delete_if_equal`] for many items in one transaction (offload batches): returns
+    /// how many were removed.
+    pub fn delete_many_if_equal(
+        &self,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<usize, TableError> {
+        let w = self.writer();
+        Ok(self.store.transact(move |tx| {
+            let mut removed = 0;
+            for (key, expected) in &items {
+                if tx.get(S::TABLE_NAME, key)?.as_deref() == Some(expected.as_slice()) {
+                    tx.delete(S::TABLE_NAME, key)?;
+                    w.notify(tx, key, Some(expected), None)?;
+                    removed += 1;
+                }
+            }
+            Ok::<_, TableError>(removed)
+        })?)
+    }
+
     /// The item with these keys, if stored.
     pub fn get(
         &self,

@@ -1,0 +1,413 @@
+//! `shoal-bench sync`: the cost of reconciling two real on-disk replicas of one partition, for
+//! Shoal's protocol, the seed's, and negentropy's, through byte-counting in-process channels.
+//!
+//! Replicas hold about N items of one partition key (so one ring partition); the difference is
+//! `d` items (a count, or a percentage of N):
+//! - `one-sided`: B lacks `d` items A holds;
+//! - `two-sided`: B lacks `ceil(d/2)` items A holds, A lacks `floor(d/2)` items B holds;
+//! - `modified`: `d` items hold different versions on A and B (2d differing ids).
+//!
+//! `lb_bytes` is the information-theoretic minimum of metadata for 256-bit ids:
+//! ceil(Σ over sides dᵢ·log₂(e·2²⁵⁶/dᵢ) / 8), dᵢ = ids side i lacks.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use shoal_storage::Store;
+use shoal_sync::driver::sync_pair_timed;
+use shoal_sync::ids::IdKey;
+use shoal_sync::index::{Partition, PartitionIndex, partition_of};
+use shoal_sync::replica::TableReplica;
+use shoal_sync::session::Replica;
+use shoal_table::codec::{Initial, Versioned};
+use shoal_table::crdt::{Lww, NodeId, Stamp};
+use shoal_table::{Entry, Schema, Table, engine_key};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct BenchItem {
+    pk: String,
+    sk: Vec<u8>,
+    value: Lww<Vec<u8>>,
+}
+shoal_table::crdt_struct!(BenchItem { value });
+
+impl Versioned for BenchItem {
+    const VERSION_MARKER: &'static [u8] = b"Bi1";
+    type Previous = Initial;
+    fn migrate(p: Initial) -> Self {
+        match p {}
+    }
+}
+
+impl Entry<String, Vec<u8>> for BenchItem {
+    fn partition_key(&self) -> &String {
+        &self.pk
+    }
+    fn sort_key(&self) -> &Vec<u8> {
+        &self.sk
+    }
+    fn is_tombstone(&self) -> bool {
+        false
+    }
+}
+
+struct Bench;
+impl Schema for Bench {
+    const TABLE_NAME: &'static str = "bench";
+    type PartitionKey = String;
+    type SortKey = Vec<u8>;
+    type Entry = BenchItem;
+}
+
+const PK: &str = "bench-partition";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiffKind {
+    OneSided,
+    TwoSided,
+    Modified,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Strategy {
+    Shoal,
+    Seed,
+    Negentropy,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Items per replica (comma-separated list to run several).
+    #[arg(long, value_delimiter = ',', default_value = "100000")]
+    n: Vec<u64>,
+    /// Differences: a count or a percentage of n such as `1%` (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "100")]
+    d: Vec<String>,
+    /// Kind of difference (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "one-sided")]
+    diff: Vec<DiffKind>,
+    /// Bytes of each item's value.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Seed of the generated data.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Strategies to run (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "shoal,seed,negentropy")]
+    strategies: Vec<Strategy>,
+    /// Print one JSON object per line (otherwise a readable line).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Row {
+    strategy: &'static str,
+    n: u64,
+    d: u64,
+    diff: DiffKind,
+    bytes_a_to_b: u64,
+    bytes_b_to_a: u64,
+    meta_bytes: u64,
+    item_bytes: u64,
+    round_trips: u64,
+    overfetched_items: u64,
+    lb_bytes: u64,
+    converged: bool,
+    cpu_ms_a: f64,
+    cpu_ms_b: f64,
+    wall_ms: f64,
+}
+
+fn cpu_clock() -> Duration {
+    cpu_time::ThreadTime::now().as_duration()
+}
+
+struct Node {
+    table: Table<Bench>,
+    index: std::sync::Arc<PartitionIndex>,
+}
+
+fn open(path: &Path) -> anyhow::Result<Node> {
+    let store = Store::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let index = PartitionIndex::new(Bench::TABLE_NAME, IdKey::insecure_default());
+    let table = Table::<Bench>::new(store).with_hook(index.clone());
+    Ok(Node { table, index })
+}
+
+fn item(sk: Vec<u8>, value: Vec<u8>, time: u64, node: u8) -> BenchItem {
+    BenchItem {
+        pk: PK.into(),
+        sk,
+        value: Lww::new(Stamp::new(time, NodeId([node; 32])), value),
+    }
+}
+
+fn sort_keys(n: u64, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random::<[u8; 16]>().to_vec()).collect()
+}
+
+fn build_base(path: &Path, keys: &[Vec<u8>], value_size: usize, seed: u64) -> anyhow::Result<()> {
+    let node = open(path)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xabc);
+    for chunk in keys.chunks(5000) {
+        let batch = chunk
+            .iter()
+            .map(|k| {
+                let mut v = vec![0u8; value_size];
+                rng.fill(&mut v[..]);
+                item(k.clone(), v, 1, 1)
+            })
+            .collect();
+        node.table.insert_many(batch)?;
+    }
+    Ok(())
+}
+
+fn remove(node: &Node, keys: &[Vec<u8>]) -> anyhow::Result<()> {
+    for chunk in keys.chunks(5000) {
+        let mut batch = Vec::with_capacity(chunk.len());
+        for sk in chunk {
+            let k = engine_key(&PK.to_string(), sk);
+            let v = node
+                .table
+                .get_raw(&k)?
+                .context("item to remove is missing")?;
+            batch.push((k, v));
+        }
+        node.table.delete_many_if_equal(batch)?;
+    }
+    Ok(())
+}
+
+fn parse_d(s: &str, n: u64) -> anyhow::Result<u64> {
+    match s.strip_suffix('%') {
+        Some(p) => Ok((p.parse::<f64>()? / 100.0 * n as f64).round() as u64),
+        None => Ok(s.parse()?),
+    }
+}
+
+/// Lower bound in bytes for 256-bit ids: ceil(Σ dᵢ·log₂(e·2²⁵⁶/dᵢ) / 8).
+fn lower_bound(lacks: [u64; 2]) -> u64 {
+    let bits: f64 = lacks
+        .iter()
+        .filter(|&&d| d > 0)
+        .map(|&d| d as f64 * (std::f64::consts::E.log2() + 256.0 - (d as f64).log2()))
+        .sum();
+    (bits / 8.0).ceil() as u64
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    for &n in &args.n {
+        let keys = sort_keys(n, args.seed);
+        let base = work.path().join(format!("base-{n}.redb"));
+        let t = Instant::now();
+        build_base(&base, &keys, args.value_size, args.seed)?;
+        eprintln!(
+            "built base replica of {n} items in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        for d_spec in &args.d {
+            let d = parse_d(d_spec, n)?.min(n);
+            for &kind in &args.diff {
+                let (a_path, b_path, lacks) =
+                    prepare_cell(work.path(), &base, &keys, n, d, kind, args)?;
+                for &strategy in &args.strategies {
+                    let row =
+                        run_strategy(work.path(), &a_path, &b_path, strategy, n, d, kind, lacks)?;
+                    if args.json {
+                        println!("{}", serde_json::to_string(&row)?);
+                    } else {
+                        println!(
+                            "{:<10} n={:<8} d={:<6} {:<9} meta {:>10} B ({:>6.2}x LB)  items {:>10} B  rt {:>3}  overfetch {}  converged {}  cpu {:.0}/{:.0} ms  wall {:.0} ms",
+                            row.strategy,
+                            n,
+                            d,
+                            format!("{kind:?}"),
+                            row.meta_bytes,
+                            if row.lb_bytes > 0 {
+                                row.meta_bytes as f64 / row.lb_bytes as f64
+                            } else {
+                                0.0
+                            },
+                            row.item_bytes,
+                            row.round_trips,
+                            row.overfetched_items,
+                            row.converged,
+                            row.cpu_ms_a,
+                            row.cpu_ms_b,
+                            row.wall_ms
+                        );
+                    }
+                }
+                std::fs::remove_file(&a_path)?;
+                std::fs::remove_file(&b_path)?;
+            }
+        }
+        std::fs::remove_file(&base)?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prepare_cell(
+    dir: &Path,
+    base: &Path,
+    keys: &[Vec<u8>],
+    n: u64,
+    d: u64,
+    kind: DiffKind,
+    args: &Args,
+) -> anyhow::Result<(PathBuf, PathBuf, [u64; 2])> {
+    let (a_path, b_path) = (dir.join("cell-a.redb"), dir.join("cell-b.redb"));
+    std::fs::copy(base, &a_path)?;
+    std::fs::copy(base, &b_path)?;
+    let (a, b) = (open(&a_path)?, open(&b_path)?);
+    // The differing items: a seeded choice among the keys.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed ^ d ^ (n << 8));
+    let mut chosen: Vec<usize> =
+        rand::seq::index::sample(&mut rng, n as usize, d as usize).into_vec();
+    chosen.sort_unstable();
+    let pick = |r: std::ops::Range<usize>| -> Vec<Vec<u8>> {
+        chosen[r].iter().map(|&i| keys[i].clone()).collect()
+    };
+    let d = d as usize;
+    let lacks = match kind {
+        DiffKind::OneSided => {
+            remove(&b, &pick(0..d))?;
+            [0, d as u64]
+        }
+        DiffKind::TwoSided => {
+            let half = d.div_ceil(2);
+            remove(&b, &pick(0..half))?;
+            remove(&a, &pick(half..d))?;
+            [(d - half) as u64, half as u64]
+        }
+        DiffKind::Modified => {
+            for chunk in pick(0..d).chunks(5000) {
+                let batch = chunk
+                    .iter()
+                    .map(|k| {
+                        let mut v = vec![0u8; args.value_size];
+                        rng.fill(&mut v[..]);
+                        item(k.clone(), v, 2, 2)
+                    })
+                    .collect();
+                b.table.insert_many(batch)?;
+            }
+            [d as u64, d as u64]
+        }
+    };
+    Ok((a_path, b_path, lacks))
+}
+
+fn partition() -> Partition {
+    partition_of(&engine_key(&PK.to_string(), &Vec::<u8>::new()))
+}
+
+/// Compares both replicas' partition item by item.
+fn converged(a: &dyn Replica, b: &dyn Replica) -> anyhow::Result<bool> {
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let pa = a.items_after(after.as_deref(), 4096)?;
+        let pb = b.items_after(after.as_deref(), 4096)?;
+        if pa != pb {
+            return Ok(false);
+        }
+        match pa.last() {
+            Some((k, _)) if pa.len() == 4096 => after = Some(k.clone()),
+            _ => return Ok(true),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_strategy(
+    dir: &Path,
+    a_cell: &Path,
+    b_cell: &Path,
+    strategy: Strategy,
+    n: u64,
+    d: u64,
+    kind: DiffKind,
+    lacks: [u64; 2],
+) -> anyhow::Result<Row> {
+    let (a_path, b_path) = (dir.join("run-a.redb"), dir.join("run-b.redb"));
+    std::fs::copy(a_cell, &a_path)?;
+    std::fs::copy(b_cell, &b_path)?;
+    let (a, b) = (open(&a_path)?, open(&b_path)?);
+    let p = partition();
+    let ra = TableReplica::new(a.table.clone(), a.index.clone(), p);
+    let rb = TableReplica::new(b.table.clone(), b.index.clone(), p);
+    let start = Instant::now();
+    let mut row = Row {
+        strategy: "",
+        n,
+        d,
+        diff: kind,
+        bytes_a_to_b: 0,
+        bytes_b_to_a: 0,
+        meta_bytes: 0,
+        item_bytes: 0,
+        round_trips: 0,
+        overfetched_items: 0,
+        lb_bytes: lower_bound(lacks),
+        converged: false,
+        cpu_ms_a: 0.0,
+        cpu_ms_b: 0.0,
+        wall_ms: 0.0,
+    };
+    match strategy {
+        Strategy::Shoal => {
+            let t = sync_pair_timed(&ra, &rb, &cpu_clock)?;
+            row.wall_ms = start.elapsed().as_secs_f64() * 1e3;
+            row.strategy = "shoal";
+            row.bytes_a_to_b = t.bytes_a_to_b;
+            row.bytes_b_to_a = t.bytes_b_to_a;
+            row.item_bytes = t.item_bytes;
+            row.round_trips = t.round_trips();
+            row.overfetched_items = t.a.items_identical + t.b.items_identical;
+            row.cpu_ms_a = t.time_a.as_secs_f64() * 1e3;
+            row.cpu_ms_b = t.time_b.as_secs_f64() * 1e3;
+            row.converged = converged(&ra, &rb)? && ra.head()? == rb.head()?;
+        }
+        Strategy::Seed => {
+            let cpu = cpu_clock();
+            let t = shoal_sync::seed::seed_sync_both_ways(&ra, &rb, p)?;
+            row.wall_ms = start.elapsed().as_secs_f64() * 1e3;
+            row.strategy = "seed";
+            row.bytes_a_to_b = t.bytes_a_to_b;
+            row.bytes_b_to_a = t.bytes_b_to_a;
+            row.item_bytes = t.item_bytes;
+            row.round_trips = t.round_trips;
+            row.overfetched_items = t.identical_items;
+            // Both sides run interleaved in one thread: the total is reported under side A.
+            row.cpu_ms_a = (cpu_clock() - cpu).as_secs_f64() * 1e3;
+            row.converged = converged(&ra, &rb)?;
+        }
+        Strategy::Negentropy => {
+            let t = crate::negentropy_baseline::reconcile(&ra, &rb, &cpu_clock)?;
+            row.wall_ms = start.elapsed().as_secs_f64() * 1e3;
+            row.strategy = "negentropy";
+            row.bytes_a_to_b = t.bytes_a_to_b;
+            row.bytes_b_to_a = t.bytes_b_to_a;
+            row.item_bytes = t.item_bytes;
+            row.round_trips = t.round_trips;
+            row.overfetched_items = t.identical_items;
+            row.cpu_ms_a = t.time_a.as_secs_f64() * 1e3;
+            row.cpu_ms_b = t.time_b.as_secs_f64() * 1e3;
+            row.converged = converged(&ra, &rb)?;
+        }
+    }
+    row.meta_bytes = row.bytes_a_to_b + row.bytes_b_to_a - row.item_bytes;
+    drop((ra, rb, a, b));
+    std::fs::remove_file(&a_path)?;
+    std::fs::remove_file(&b_path)?;
+    Ok(row)
+}
