@@ -1,6 +1,7 @@
 //! Shoal's benchmarks. Each subcommand prints one JSON object per line per configuration, so
 //! figures can be compared across machines and commits.
 
+mod insert;
 mod negentropy_baseline;
 mod storage;
 mod sync;
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Durable write throughput of the storage engine with concurrent writers (group commit).
     Storage(storage::Args),
+    /// Durable table inserts per second, with and without the partition index.
+    Insert(insert::Args),
     /// Reconciliation of two on-disk replicas of one partition: Shoal vs the seed vs negentropy.
     Sync(sync::Args),
 }
@@ -26,5 +29,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Storage(args) => storage::run(&args),
         Command::Sync(args) => sync::run(&args),
+        Command::Insert(args) => insert::run(&args),
     }
 }

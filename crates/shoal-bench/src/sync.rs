@@ -27,7 +27,7 @@ use shoal_table::crdt::{Lww, NodeId, Stamp};
 use shoal_table::{Entry, Schema, Table, engine_key};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct BenchItem {
+pub(crate) struct BenchItem {
     pk: String,
     sk: Vec<u8>,
     value: Lww<Vec<u8>>,
@@ -54,7 +54,7 @@ impl Entry<String, Vec<u8>> for BenchItem {
     }
 }
 
-struct Bench;
+pub(crate) struct Bench;
 impl Schema for Bench {
     const TABLE_NAME: &'static str = "bench";
     type PartitionKey = String;
@@ -137,6 +137,14 @@ fn open(path: &Path) -> anyhow::Result<Node> {
     let index = PartitionIndex::new(Bench::TABLE_NAME, IdKey::insecure_default());
     let table = Table::<Bench>::new(store).with_hook(index.clone());
     Ok(Node { table, index })
+}
+
+pub(crate) fn bench_item(pk: &str, sk: Vec<u8>, value: Vec<u8>) -> BenchItem {
+    BenchItem {
+        pk: pk.into(),
+        sk,
+        value: Lww::new(Stamp::new(1, NodeId([1; 32])), value),
+    }
 }
 
 fn item(sk: Vec<u8>, value: Vec<u8>, time: u64, node: u8) -> BenchItem {

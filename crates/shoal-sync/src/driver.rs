@@ -134,6 +134,12 @@ pub fn sync_pair_timed(
 
 fn carry(t: &mut Transcript, m: &Message, a_to_b: bool) -> Result<Message, SyncError> {
     let bytes = m.encode();
+    tracing::trace!(
+        direction = if a_to_b { "a->b" } else { "b->a" },
+        bytes = bytes.len(),
+        message = ?std::mem::discriminant(m),
+        "sync message"
+    );
     assert!(
         bytes.len() <= MAX_MESSAGE_BYTES,
         "a session built an oversized message"

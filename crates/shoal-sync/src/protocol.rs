@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::estimator::MINI_WIRE_BYTES;
 use crate::sketch::{CELL_WIRE_BYTES, Cell};
 
 /// The protocol version this code speaks.
@@ -57,6 +58,8 @@ pub enum Message {
         version: u8,
         /// The initiator's digest.
         digest: Digest,
+        /// The initiator's mini summary: lets the responder size its first batch of cells.
+        mini: [u8; MINI_WIRE_BYTES],
     },
     /// Responder → initiator: the digests are equal; the session is over.
     InSync,
@@ -167,12 +170,17 @@ impl Message {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
-            Message::Hello { version, digest } => {
+            Message::Hello {
+                version,
+                digest,
+                mini,
+            } => {
                 out.push(TAG_HELLO);
                 out.push(*version);
                 out.extend_from_slice(&digest.xor.to_le_bytes());
                 out.extend_from_slice(&digest.check.to_le_bytes());
                 put_varint(&mut out, digest.count);
+                out.extend_from_slice(mini);
             }
             Message::InSync => out.push(TAG_IN_SYNC),
             Message::Cells { from, cells, last } => {
@@ -247,12 +255,12 @@ impl Message {
                 let check = u32::from_le_bytes(r[8..12].try_into().expect("4"));
                 let mut r = &r[12..];
                 let count = take_varint(&mut r).ok_or(WireError::Truncated("hello"))?;
-                if !r.is_empty() {
-                    return Err(WireError::Malformed("hello"));
-                }
+                let mini: [u8; MINI_WIRE_BYTES] =
+                    r.try_into().map_err(|_| WireError::Malformed("hello"))?;
                 Ok(Message::Hello {
                     version,
                     digest: Digest { xor, check, count },
+                    mini,
                 })
             }
             TAG_IN_SYNC if rest.is_empty() => Ok(Message::InSync),
@@ -325,12 +333,13 @@ mod tests {
                 check: 9,
                 count: 1_000_000,
             },
+            mini: [7; MINI_WIRE_BYTES],
         };
         let enc = hello.encode();
         assert_eq!(
             enc.len(),
-            1 + 1 + 8 + 4 + 3,
-            "hello is 17 bytes for a million items"
+            1 + 1 + 8 + 4 + 3 + 16,
+            "hello is 33 bytes for a million items"
         );
         assert_eq!(Message::decode(&enc).unwrap(), hello);
         assert_eq!(Message::InSync.encode().len(), 1);

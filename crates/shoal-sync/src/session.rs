@@ -25,7 +25,7 @@
 
 use std::collections::VecDeque;
 
-use crate::estimator::Summary;
+use crate::estimator::{MINI_SATURATION, MINI_WIRE_BYTES, MiniEstimate, Summary, estimate_mini};
 use crate::index::Head;
 use crate::protocol::{
     Digest, MAX_CELLS_PER_MESSAGE, MAX_IDS_PER_MESSAGE, MAX_ITEM_BYTES_PER_MESSAGE, Message,
@@ -119,12 +119,36 @@ pub fn cells_needed(d: f64) -> u64 {
     (1.4 * d + 6.0 * d.sqrt() + 4.0).ceil() as u64
 }
 
-/// First batch when the count difference is `k` (an exact size for a one-sided difference):
-/// enough to decode it w.h.p., but never more than about 7 cells per difference, so that small
-/// differences stay within three times the information-theoretic minimum.
+/// First batch when the count difference is `k` (the exact size of a one-sided difference, a
+/// lower bound otherwise) and the mini summaries say `e`: enough to decode w.h.p. (an estimate
+/// that exceeds `k` is inflated by 1.5 for its spread), but never more than about 7 cells per
+/// difference surely present, so that small differences stay within three times the
+/// information-theoretic minimum. A saturated estimate only says "at least 150": the batch is
+/// sized for that, and a larger difference costs one more exchange.
+fn first_batch(k: u64, e: &MiniEstimate) -> u64 {
+    let k = k as f64;
+    if e.saturated {
+        return cells_needed(k.max(1.5 * MINI_SATURATION));
+    }
+    let target = if e.estimate <= 1.25 * k {
+        k
+    } else {
+        1.5 * e.estimate
+    };
+    let sure = k.max(f64::from(e.differing_buckets)).max(2.0);
+    cells_needed(target).min((7.0 * sure - 3.0) as u64)
+}
+
+/// Cells asked for after a failed first batch when nothing better is known.
 fn initial_cells(k: u64) -> u64 {
-    let k = k.max(2);
-    cells_needed(k as f64).min(7 * k - 3)
+    first_batch(
+        k,
+        &MiniEstimate {
+            estimate: 0.0,
+            differing_buckets: 0,
+            saturated: false,
+        },
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +293,7 @@ impl Session {
         s.out.push_back(Message::Hello {
             version: PROTOCOL_VERSION,
             digest: head.digest().into(),
+            mini: head.summary.mini(),
         });
         s.head = Some(head);
         Ok(s)
@@ -393,11 +418,18 @@ impl Session {
     /// Feeds one received message.
     pub fn receive(&mut self, replica: &dyn Replica, msg: Message) -> Result<(), SyncError> {
         match (self.state, msg) {
-            (State::AwaitHello, Message::Hello { version, digest }) => {
+            (
+                State::AwaitHello,
+                Message::Hello {
+                    version,
+                    digest,
+                    mini,
+                },
+            ) => {
                 if version != PROTOCOL_VERSION {
                     return Err(WireError::UnknownVersion(version).into());
                 }
-                self.on_hello(replica, digest)
+                self.on_hello(replica, digest, &mini)
             }
             (State::AwaitReply, Message::InSync) => {
                 self.state = State::Done;
@@ -488,7 +520,12 @@ impl Session {
 
     // ---- responder ----------------------------------------------------------------------
 
-    fn on_hello(&mut self, replica: &dyn Replica, theirs: Digest) -> Result<(), SyncError> {
+    fn on_hello(
+        &mut self,
+        replica: &dyn Replica,
+        theirs: Digest,
+        their_mini: &[u8; MINI_WIRE_BYTES],
+    ) -> Result<(), SyncError> {
         let head = replica.head()?;
         let ours: Digest = head.digest().into();
         self.peer_count = theirs.count;
@@ -538,7 +575,8 @@ impl Session {
             self.head = Some(head);
             return Ok(());
         }
-        let m0 = initial_cells(ours.count.abs_diff(theirs.count));
+        let estimate = estimate_mini(&head.summary.mini(), their_mini);
+        let m0 = first_batch(ours.count.abs_diff(theirs.count), &estimate);
         self.head = Some(head);
         self.offer_cells(replica, m0)?;
         self.state = State::Serving {
@@ -576,7 +614,7 @@ impl Session {
                     Some(h) => h.clone(),
                     None => replica.head()?,
                 };
-                let mut target = upto.max(2 * self.cells_offered).max(initial_cells(2));
+                let mut target = upto.max(self.cells_offered + 8);
                 if let Some(s) = summary {
                     let theirs = Summary::from_wire(&s).ok_or(WireError::Malformed("more"))?;
                     let estimate = head.summary.estimate_difference(&theirs);
@@ -680,14 +718,14 @@ impl Session {
                 }
                 false
             }
-            // Most cells already empty: the difference is small, and twice the cells will
-            // most likely do; the summary would cost more than the cells it saves.
-            Err(residual) => residual.nonzero * 2 <= m as usize,
+            // A small first batch means a small difference (the mini summaries said so): a few
+            // more cells will most likely do, and cost less than the full summary.
+            Err(_) => m <= 64,
         };
         if sparse && !self.doubled_blind && !self.summary_sent {
             self.doubled_blind = true;
             self.out.push_back(Message::More {
-                upto: 2 * m,
+                upto: m + (m / 2).max(8),
                 summary: None,
             });
             self.state = State::AwaitCells;

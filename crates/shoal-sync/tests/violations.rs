@@ -56,6 +56,7 @@ fn unknown_version_is_refused() {
             check: 2,
             count: 3,
         },
+        mini: [0; 16],
     }
     .encode();
     bytes[1] = 9;
@@ -70,6 +71,7 @@ fn unknown_version_is_refused() {
                 check: 2,
                 count: 3,
             },
+            mini: [0; 16],
         },
     )
     .unwrap_err();
@@ -98,6 +100,7 @@ fn unexpected_messages_mid_session_are_errors() {
                     check: 0,
                     count: 0,
                 },
+                mini: [0; 16],
             },
         )
         .unwrap_err();
@@ -146,6 +149,7 @@ fn items_of_another_partition_or_malformed_streams_are_refused_whole() {
                 check: 6,
                 count: 10,
             },
+            mini: [0; 16],
         },
     )
     .unwrap();
@@ -176,6 +180,7 @@ fn items_of_another_partition_or_malformed_streams_are_refused_whole() {
                 check: 6,
                 count: 10,
             },
+            mini: [0; 16],
         },
     )
     .unwrap();
@@ -198,6 +203,7 @@ fn items_of_another_partition_or_malformed_streams_are_refused_whole() {
                 check: 6,
                 count: 10,
             },
+            mini: [0; 16],
         },
     )
     .unwrap();

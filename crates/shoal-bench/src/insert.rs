@@ -1,0 +1,111 @@
+//! `shoal-bench insert`: durable table inserts per second with concurrent writers, with the
+//! partition index maintained in the same transaction, and without it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use shoal_storage::Store;
+use shoal_sync::ids::IdKey;
+use shoal_sync::index::PartitionIndex;
+use shoal_table::Table;
+
+use crate::sync::{Bench, bench_item};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Writer counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    writers: Vec<usize>,
+    /// Seconds per configuration.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Partition keys the writes spread over.
+    #[arg(long, default_value_t = 1000)]
+    partition_keys: u64,
+}
+
+#[derive(Serialize)]
+struct Figures {
+    bench: &'static str,
+    index: bool,
+    writers: usize,
+    inserts: u64,
+    inserts_per_sec: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    for &writers in &args.writers {
+        let mut pair = Vec::new();
+        for index in [false, true] {
+            let f = measure(args, writers, index)?;
+            println!("{}", serde_json::to_string(&f)?);
+            pair.push(f.inserts_per_sec);
+        }
+        println!(
+            "{{\"bench\":\"insert-ratio\",\"writers\":{writers},\"with_index_over_without\":{:.3}}}",
+            pair[1] / pair[0]
+        );
+    }
+    Ok(())
+}
+
+fn measure(args: &Args, writers: usize, index: bool) -> anyhow::Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path().join("insert.redb"))?;
+    let mut table = Table::<Bench>::new(store);
+    if index {
+        table = table.with_hook(PartitionIndex::new("bench", IdKey::insecure_default()));
+    }
+    let stop = AtomicBool::new(false);
+    let mut lat: Vec<u64> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let (table, stop) = (table.clone(), &stop);
+                let value = vec![0x5au8; args.value_size];
+                let pks = args.partition_keys;
+                sc.spawn(move || {
+                    let mut lat = Vec::new();
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let pk = format!("pk-{}", (i * 7919 + w as u64) % pks);
+                        let sk = format!("w{w:04}-{i:010}").into_bytes();
+                        let t = Instant::now();
+                        table
+                            .insert(&bench_item(&pk, sk, value.clone()))
+                            .expect("durable insert");
+                        lat.push(t.elapsed().as_micros() as u64);
+                        i += 1;
+                    }
+                    lat
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs_f64(args.seconds));
+        stop.store(true, Ordering::Relaxed);
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    lat.sort_unstable();
+    let n = lat.len() as u64;
+    anyhow::ensure!(
+        table.len()? == n,
+        "every acknowledged insert must be stored"
+    );
+    Ok(Figures {
+        bench: "insert",
+        index,
+        writers,
+        inserts: n,
+        inserts_per_sec: n as f64 / args.seconds,
+        p50_us: lat[lat.len() / 2],
+        p99_us: lat[(lat.len() * 99 / 100).min(lat.len() - 1)],
+    })
+}
