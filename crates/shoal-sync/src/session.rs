@@ -206,6 +206,11 @@ enum Producer {
         pos: usize,
         buf: Vec<u8>,
     },
+    Resolved {
+        items: Vec<Vec<u8>>,
+        pos: usize,
+        buf: Vec<u8>,
+    },
     AllItems {
         after: Option<Vec<u8>>,
         exhausted: bool,
@@ -376,6 +381,18 @@ impl Session {
                     *pos += 1;
                 }
                 let exhausted = *pos == ids.len();
+                Ok(Self::items_message(buf, exhausted))
+            }
+            Producer::Resolved { items, pos, buf } => {
+                while buf.len() < MAX_ITEM_BYTES_PER_MESSAGE && *pos < items.len() {
+                    let item = std::mem::take(&mut items[*pos]);
+                    self.stats.items_sent += 1;
+                    self.stats.item_bytes_sent += item.len() as u64;
+                    put_varint(buf, item.len() as u64);
+                    buf.extend_from_slice(&item);
+                    *pos += 1;
+                }
+                let exhausted = *pos == items.len();
                 Ok(Self::items_message(buf, exhausted))
             }
             Producer::AllItems {
@@ -646,8 +663,17 @@ impl Session {
                 if last {
                     want_done = true;
                     if !self.wanted.is_empty() {
-                        self.producers.push_back(Producer::ItemsById {
-                            ids: std::mem::take(&mut self.wanted),
+                        // Read the wanted versions now, before the initiator's items (which
+                        // follow in the same stream) are merged over them: what the initiator
+                        // lacks is these versions, and a merged one could equal what it sent.
+                        let mut items = Vec::with_capacity(self.wanted.len());
+                        for id in std::mem::take(&mut self.wanted) {
+                            if let Some(item) = replica.item(id)? {
+                                items.push(item);
+                            }
+                        }
+                        self.producers.push_back(Producer::Resolved {
+                            items,
                             pos: 0,
                             buf: Vec::new(),
                         });

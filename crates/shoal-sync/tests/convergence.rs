@@ -62,12 +62,19 @@ fn build(c: &Case) -> (Node, Node) {
         b.table.insert(&item(&pk, &sk(*n, 2), 2, 2, &[*v])).unwrap();
     }
     for (n, va, vb) in &c.modified {
-        // Same key, concurrent versions: the merge keeps the later stamp.
+        // Same key, concurrent versions: the merge keeps the later stamp for the value and
+        // the deletion flag from either side, so it can differ from both versions.
         let key = sk(*n, 3);
-        a.table.insert(&item(&pk, &key, 5, 1, &[*va])).unwrap();
-        b.table
-            .insert(&item(&pk, &key, 5 + u64::from(*vb % 3), 2, &[*vb]))
-            .unwrap();
+        let mut ia = item(&pk, &key, 5, 1, &[*va]);
+        let mut ib = item(&pk, &key, 5 + u64::from(*vb % 3), 2, &[*vb]);
+        if va % 2 == 1 {
+            ia.deleted.raise();
+        }
+        if vb % 5 == 1 {
+            ib.deleted.raise();
+        }
+        a.table.insert(&ia).unwrap();
+        b.table.insert(&ib).unwrap();
     }
     // Neighbouring partitions hold items the session must not touch.
     for p in [P - 1, P + 1] {
@@ -136,6 +143,31 @@ proptest! {
     fn one_session_converges_both_replicas(c in case()) {
         let (a, b) = build(&c);
         converge(&a, &b, c.b_starts);
+    }
+}
+
+#[test]
+fn merged_versions_that_differ_from_both_sides_converge() {
+    for b_starts in [false, true] {
+        let (a, b) = (Node::memory(), Node::memory());
+        let pk = pk_in(P, 0);
+        for i in 0..100u32 {
+            let it = item(&pk, &i.to_be_bytes(), 1, 1, b"same");
+            a.table.insert(&it).unwrap();
+            b.table.insert(&it).unwrap();
+        }
+        for i in 0..20u32 {
+            // A: newer value, not deleted. B: older value, deleted. Merge: newer value, deleted.
+            a.table
+                .insert(&item(&pk, &[9, i as u8], 2, 1, b"newer"))
+                .unwrap();
+            let mut old = item(&pk, &[9, i as u8], 1, 2, b"older");
+            old.deleted.raise();
+            b.table.insert(&old).unwrap();
+        }
+        converge(&a, &b, b_starts);
+        let merged = a.table.get(&pk, &vec![9, 0]).unwrap().unwrap();
+        assert!(merged.deleted.is_set() && merged.value.get() == b"newer");
     }
 }
 
@@ -279,4 +311,28 @@ fn seed_baseline_needs_both_directions() {
     assert!(one.round_trips >= 2);
     shoal_sync::seed::seed_sync(&b.replica(P), &a.replica(P), P).unwrap();
     assert!(in_p(&a) == in_p(&b), "both directions converge");
+}
+
+#[test]
+fn modified_case_from_the_property_generator() {
+    let c = Case {
+        common: (0..50).map(|i| (i, 1)).collect(),
+        only_a: vec![],
+        only_b: vec![],
+        modified: vec![(5, 1, 0), (6, 3, 2)],
+        b_starts: false,
+    };
+    let (a, b) = build(&c);
+    let pk = pk_in(P, 0);
+    assert!(
+        a.table
+            .get(&pk, &vec![0, 5, 3])
+            .unwrap()
+            .unwrap()
+            .deleted
+            .is_set()
+    );
+    converge(&a, &b, false);
+    let merged = b.table.get(&pk, &vec![0, 5, 3]).unwrap().unwrap();
+    assert!(merged.deleted.is_set() && merged.value.get() == &vec![0u8]);
 }
