@@ -46,18 +46,12 @@ impl<S: Schema> Replica for TableReplica<S> {
         Ok(self.index.ids(self.view(), self.partition)?)
     }
 
-    fn has(&self, id: ItemId) -> Result<bool, SyncError> {
-        Ok(self
-            .index
-            .key_of(self.view(), self.partition, id)?
-            .is_some())
+    fn key_of(&self, id: ItemId) -> Result<Option<Vec<u8>>, SyncError> {
+        Ok(self.index.key_of(self.view(), self.partition, id)?)
     }
 
-    fn item(&self, id: ItemId) -> Result<Option<Vec<u8>>, SyncError> {
-        match self.index.key_of(self.view(), self.partition, id)? {
-            Some(key) => Ok(self.table.get_raw(&key)?),
-            None => Ok(None),
-        }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SyncError> {
+        Ok(self.table.get_raw(key)?)
     }
 
     fn items_after(

@@ -23,7 +23,7 @@
 //! and items stream over as many messages as needed. An unexpected message is a
 //! [`SyncError::Protocol`] and changes nothing.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 use crate::estimator::{MINI_SATURATION, MINI_WIRE_BYTES, MiniEstimate, Summary, estimate_mini};
 use crate::index::Head;
@@ -46,10 +46,21 @@ pub trait Replica {
     fn cells(&self, from: u64, to: u64) -> Result<Vec<Cell>, SyncError>;
     /// Every id of the partition.
     fn ids(&self) -> Result<Vec<ItemId>, SyncError>;
+    /// The engine key of the item with this id, if held.
+    fn key_of(&self, id: ItemId) -> Result<Option<Vec<u8>>, SyncError>;
+    /// The encoded item under an engine key, if held.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SyncError>;
     /// Whether an item with this id is held.
-    fn has(&self, id: ItemId) -> Result<bool, SyncError>;
+    fn has(&self, id: ItemId) -> Result<bool, SyncError> {
+        Ok(self.key_of(id)?.is_some())
+    }
     /// The encoded item with this id, if held.
-    fn item(&self, id: ItemId) -> Result<Option<Vec<u8>>, SyncError>;
+    fn item(&self, id: ItemId) -> Result<Option<Vec<u8>>, SyncError> {
+        match self.key_of(id)? {
+            Some(key) => self.get(&key),
+            None => Ok(None),
+        }
+    }
     /// Up to `limit` items of the partition after engine key `after`: (engine key, encoded).
     fn items_after(
         &self,
@@ -206,8 +217,9 @@ enum Producer {
         pos: usize,
         buf: Vec<u8>,
     },
+    /// Items read when they were asked for: (engine key, version then).
     Resolved {
-        items: Vec<Vec<u8>>,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
         pos: usize,
         buf: Vec<u8>,
     },
@@ -266,6 +278,7 @@ pub struct Session {
     doubled_blind: bool,
     remote_ids: Vec<ItemId>,
     wanted: Vec<ItemId>,
+    received: HashSet<[u8; 32]>,
     cells_offered: u64,
     inbound: ItemStream,
     stats: SessionStats,
@@ -285,6 +298,7 @@ impl Session {
             doubled_blind: false,
             remote_ids: Vec::new(),
             wanted: Vec::new(),
+            received: HashSet::new(),
             cells_offered: 0,
             inbound: ItemStream::default(),
             stats: SessionStats::default(),
@@ -385,12 +399,23 @@ impl Session {
             }
             Producer::Resolved { items, pos, buf } => {
                 while buf.len() < MAX_ITEM_BYTES_PER_MESSAGE && *pos < items.len() {
-                    let item = std::mem::take(&mut items[*pos]);
+                    let (key, then) = std::mem::take(&mut items[*pos]);
+                    *pos += 1;
+                    // Since it was asked for, the item may have merged what the peer sent: if
+                    // that left exactly the peer's version, the peer has it all; otherwise the
+                    // current version holds the one asked for and more.
+                    let item = match replica.get(&key)? {
+                        Some(now) if now == then => then,
+                        Some(now) if self.received.contains(blake3::hash(&now).as_bytes()) => {
+                            continue;
+                        }
+                        Some(now) => now,
+                        None => then,
+                    };
                     self.stats.items_sent += 1;
                     self.stats.item_bytes_sent += item.len() as u64;
                     put_varint(buf, item.len() as u64);
                     buf.extend_from_slice(&item);
-                    *pos += 1;
                 }
                 let exhausted = *pos == items.len();
                 Ok(Self::items_message(buf, exhausted))
@@ -528,6 +553,9 @@ impl Session {
             return Err(SyncError::BadItem("item stream ends inside an item".into()));
         }
         if !items.is_empty() {
+            for item in &items {
+                self.received.insert(*blake3::hash(item).as_bytes());
+            }
             let applied = replica.apply(items)?;
             self.stats.items_received += applied.received;
             self.stats.items_identical += applied.identical;
@@ -668,8 +696,10 @@ impl Session {
                         // lacks is these versions, and a merged one could equal what it sent.
                         let mut items = Vec::with_capacity(self.wanted.len());
                         for id in std::mem::take(&mut self.wanted) {
-                            if let Some(item) = replica.item(id)? {
-                                items.push(item);
+                            if let Some(key) = replica.key_of(id)?
+                                && let Some(item) = replica.get(&key)?
+                            {
+                                items.push((key, item));
                             }
                         }
                         self.producers.push_back(Producer::Resolved {
