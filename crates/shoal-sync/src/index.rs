@@ -107,7 +107,7 @@ impl Head {
 /// The index of one table. Attach it with `Table::with_hook`.
 #[derive(Debug)]
 pub struct PartitionIndex {
-    table: &'static str,
+    table: String,
     ids_tree: String,
     head_tree: String,
     key: IdKey,
@@ -126,18 +126,19 @@ pub struct VerifyReport {
 
 impl PartitionIndex {
     /// The index of `table`, with ids keyed by `key`.
-    pub fn new(table: &'static str, key: IdKey) -> Arc<Self> {
+    pub fn new(table: impl Into<String>, key: IdKey) -> Arc<Self> {
+        let table = table.into();
         Arc::new(PartitionIndex {
-            table,
             ids_tree: format!("{table}~ids"),
             head_tree: format!("{table}~head"),
+            table,
             key,
         })
     }
 
     /// The table this index follows.
-    pub fn table(&self) -> &'static str {
-        self.table
+    pub fn table(&self) -> &str {
+        &self.table
     }
 
     /// The id key.
@@ -223,7 +224,7 @@ impl PartitionIndex {
             let (ids_tree, head_tree, table, key) = (
                 self.ids_tree.clone(),
                 self.head_tree.clone(),
-                self.table,
+                self.table.clone(),
                 self.key.clone(),
             );
             total += store.transact(move |tx| -> Result<u64, StorageError> {
@@ -232,7 +233,7 @@ impl PartitionIndex {
                 }
                 let mut head = Head::default();
                 let mut n = 0;
-                for (k, v) in scan_all(tx, table, &partition_range(p))? {
+                for (k, v) in scan_all(tx, &table, &partition_range(p))? {
                     let id = key.item_id(&k, &v);
                     tx.put(&ids_tree, &Self::map_key(p, id), &k)?;
                     head.toggle(id, false);
@@ -255,7 +256,7 @@ impl PartitionIndex {
         let snap = store.snapshot()?;
         let mut report = VerifyReport::default();
         for p in 0..=255u8 {
-            let items = scan_all(&*snap, self.table, &partition_range(p))?;
+            let items = scan_all(&*snap, &self.table, &partition_range(p))?;
             let stored_ids = self.ids(&*snap, p)?;
             if items.is_empty() && stored_ids.is_empty() {
                 continue;

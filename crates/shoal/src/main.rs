@@ -2,6 +2,7 @@
 //! storage or replication logic lives here.
 
 mod demo;
+mod index;
 
 use std::path::PathBuf;
 
@@ -24,6 +25,11 @@ enum Command {
         #[arg(long, default_value = "./shoal-demo")]
         dir: PathBuf,
     },
+    /// Check or rebuild a table's partition index in a store file (the node must be stopped).
+    Index {
+        #[command(subcommand)]
+        action: index::Action,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +42,6 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Demo { dir } => demo::run(&dir),
+        Command::Index { action } => index::run(action),
     }
 }
