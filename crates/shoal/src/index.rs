@@ -30,19 +30,11 @@ pub enum Action {
 
 fn open(t: &Target) -> anyhow::Result<(Store, std::sync::Arc<PartitionIndex>)> {
     let key = match &t.cluster_secret {
-        Some(hex) => IdKey::derive(&decode_hex(hex).context("--cluster-secret must be hex")?),
+        Some(hex) => IdKey::derive(&hex::decode(hex).context("--cluster-secret must be hex")?),
         None => IdKey::insecure_default(),
     };
     let store = Store::open(&t.store)?;
     Ok((store, PartitionIndex::new(t.table.clone(), key)))
-}
-
-fn decode_hex(s: &str) -> anyhow::Result<Vec<u8>> {
-    anyhow::ensure!(s.len() % 2 == 0, "odd number of hex digits");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| Ok(u8::from_str_radix(&s[i..i + 2], 16)?))
-        .collect()
 }
 
 pub fn run(action: Action) -> anyhow::Result<()> {
