@@ -1,15 +1,13 @@
 //! `shoal-bench insert`: durable table inserts per second with concurrent writers, with the
 //! partition index maintained in the same transaction, and without it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
-
 use serde::Serialize;
 use shoal_storage::Store;
 use shoal_sync::ids::IdKey;
 use shoal_sync::index::PartitionIndex;
 use shoal_table::Table;
 
+use crate::load::{quantile, run_writers};
 use crate::sync::{Bench, bench_item};
 
 #[derive(clap::Args)]
@@ -62,38 +60,15 @@ fn measure(args: &Args, writers: usize, index: bool) -> anyhow::Result<Figures> 
     if index {
         table = table.with_hook(PartitionIndex::new("bench", IdKey::insecure_default()));
     }
-    let stop = AtomicBool::new(false);
-    let mut lat: Vec<u64> = std::thread::scope(|sc| {
-        let handles: Vec<_> = (0..writers)
-            .map(|w| {
-                let (table, stop) = (table.clone(), &stop);
-                let value = vec![0x5au8; args.value_size];
-                let pks = args.partition_keys;
-                sc.spawn(move || {
-                    let mut lat = Vec::new();
-                    let mut i = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let pk = format!("pk-{}", (i * 7919 + w as u64) % pks);
-                        let sk = format!("w{w:04}-{i:010}").into_bytes();
-                        let t = Instant::now();
-                        table
-                            .insert(&bench_item(&pk, sk, value.clone()))
-                            .expect("durable insert");
-                        lat.push(t.elapsed().as_micros() as u64);
-                        i += 1;
-                    }
-                    lat
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs_f64(args.seconds));
-        stop.store(true, Ordering::Relaxed);
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
+    let value = vec![0x5au8; args.value_size];
+    let pks = args.partition_keys;
+    let (lat, elapsed) = run_writers(writers, args.seconds, |w, i| {
+        let pk = format!("pk-{}", (i * 7919 + w as u64) % pks);
+        let sk = format!("w{w:04}-{i:010}").into_bytes();
+        table
+            .insert(&bench_item(&pk, sk, value.clone()))
+            .expect("durable insert");
     });
-    lat.sort_unstable();
     let n = lat.len() as u64;
     anyhow::ensure!(
         table.len()? == n,
@@ -104,8 +79,8 @@ fn measure(args: &Args, writers: usize, index: bool) -> anyhow::Result<Figures> 
         index,
         writers,
         inserts: n,
-        inserts_per_sec: n as f64 / args.seconds,
-        p50_us: lat[lat.len() / 2],
-        p99_us: lat[(lat.len() * 99 / 100).min(lat.len() - 1)],
+        inserts_per_sec: n as f64 / elapsed,
+        p50_us: quantile(&lat, 0.5),
+        p99_us: quantile(&lat, 0.99),
     })
 }

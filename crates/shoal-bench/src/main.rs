@@ -2,6 +2,7 @@
 //! figures can be compared across machines and commits.
 
 mod insert;
+mod load;
 mod negentropy_baseline;
 mod storage;
 mod sync;

@@ -1,8 +1,7 @@
 //! `shoal-bench storage`: durable small writes per second with 1..N concurrent writers, with
 //! group commit and, for comparison, with one commit per transaction.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use crate::load::{quantile, run_writers};
 
 use serde::Serialize;
 use shoal_storage::{Durability, RedbOptions, Store};
@@ -69,40 +68,14 @@ fn measure(args: &Args, writers: usize, grouped: bool) -> anyhow::Result<Figures
         ..RedbOptions::default()
     };
     let store = Store::open_with(dir.path().join("bench.redb"), options)?;
-    let stop = AtomicBool::new(false);
     let value = vec![0xabu8; args.value_size];
-    let start = Instant::now();
-    let mut latencies: Vec<u64> = std::thread::scope(|sc| {
-        let handles: Vec<_> = (0..writers)
-            .map(|w| {
-                let (store, stop, value) = (store.clone(), &stop, value.clone());
-                sc.spawn(move || {
-                    let mut lat = Vec::new();
-                    let mut i = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let key = format!("w{w:04}-{i:010}").into_bytes();
-                        let v = value.clone();
-                        let t = Instant::now();
-                        store
-                            .transact(move |tx| tx.put("bench", &key, &v))
-                            .expect("durable write");
-                        lat.push(t.elapsed().as_micros() as u64);
-                        i += 1;
-                    }
-                    lat
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs_f64(args.seconds));
-        stop.store(true, Ordering::Relaxed);
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
+    let (latencies, elapsed) = run_writers(writers, args.seconds, |w, i| {
+        let key = format!("w{w:04}-{i:010}").into_bytes();
+        let v = value.clone();
+        store
+            .transact(move |tx| tx.put("bench", &key, &v))
+            .expect("durable write");
     });
-    let elapsed = start.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     let stats = store.engine().stats();
     let writes = latencies.len() as u64;
     anyhow::ensure!(
@@ -119,8 +92,8 @@ fn measure(args: &Args, writers: usize, grouped: bool) -> anyhow::Result<Figures
         writes_per_sec: writes as f64 / elapsed,
         commits: stats.commits,
         avg_group: stats.transactions as f64 / stats.commits.max(1) as f64,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
+        p50_us: quantile(&latencies, 0.50),
+        p99_us: quantile(&latencies, 0.99),
         max_us: *latencies.last().unwrap_or(&0),
     })
 }

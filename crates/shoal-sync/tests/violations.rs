@@ -131,17 +131,10 @@ fn unexpected_messages_mid_session_are_errors() {
     assert!((a.dump(), b.dump()) == before, "violations change nothing");
 }
 
-#[test]
-fn items_of_another_partition_or_malformed_streams_are_refused_whole() {
-    let a = node_with(10);
-    let ra = a.replica(P);
-    let before = a.dump();
-    // The responder is empty, so it asks for everything; then a hostile "initiator" sends an
-    // item of another partition next to a good one.
-    let empty = Node::memory();
-    let re = empty.replica(P);
+/// An empty responder, told the initiator holds 10 items, asks for everything.
+fn responder_asking_for_everything(re: &dyn shoal_sync::session::Replica) -> Session {
     let mut s = Session::respond(
-        &re,
+        re,
         Message::Hello {
             version: 1,
             digest: Digest {
@@ -153,7 +146,20 @@ fn items_of_another_partition_or_malformed_streams_are_refused_whole() {
         },
     )
     .unwrap();
-    assert_eq!(s.poll_send(&re).unwrap(), Some(Message::WantAll));
+    assert_eq!(s.poll_send(re).unwrap(), Some(Message::WantAll));
+    s
+}
+
+#[test]
+fn items_of_another_partition_or_malformed_streams_are_refused_whole() {
+    let a = node_with(10);
+    let ra = a.replica(P);
+    let before = a.dump();
+    // The responder is empty, so it asks for everything; then a hostile "initiator" sends an
+    // item of another partition next to a good one.
+    let empty = Node::memory();
+    let re = empty.replica(P);
+    let mut s = responder_asking_for_everything(&re);
     let good = item(&pk_in(P, 0), b"good", 1, 1, b"v").encode().unwrap();
     let foreign = item(&pk_in(P + 1, 0), b"bad", 1, 1, b"v").encode().unwrap();
     let mut data = Vec::new();
@@ -171,20 +177,7 @@ fn items_of_another_partition_or_malformed_streams_are_refused_whole() {
     );
 
     // A stream that ends inside an item.
-    let mut s = Session::respond(
-        &re,
-        Message::Hello {
-            version: 1,
-            digest: Digest {
-                xor: 5,
-                check: 6,
-                count: 10,
-            },
-            mini: [0; 16],
-        },
-    )
-    .unwrap();
-    s.poll_send(&re).unwrap();
+    let mut s = responder_asking_for_everything(&re);
     let mut data = Vec::new();
     put_varint(&mut data, 1000);
     data.extend_from_slice(&[1, 2, 3]);
@@ -194,20 +187,7 @@ fn items_of_another_partition_or_malformed_streams_are_refused_whole() {
     assert!(matches!(err, SyncError::BadItem(_)), "{err}");
     // An absurd length prefix is refused before anything is buffered for it (a session that
     // failed is dropped: a fresh one).
-    let mut s = Session::respond(
-        &re,
-        Message::Hello {
-            version: 1,
-            digest: Digest {
-                xor: 5,
-                check: 6,
-                count: 10,
-            },
-            mini: [0; 16],
-        },
-    )
-    .unwrap();
-    s.poll_send(&re).unwrap();
+    let mut s = responder_asking_for_everything(&re);
     let mut data = Vec::new();
     put_varint(&mut data, u64::MAX >> 1);
     let err = s
