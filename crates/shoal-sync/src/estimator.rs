@@ -29,6 +29,15 @@ pub const MINI_SATURATION: f64 = 150.0;
 
 const SALT: u64 = 0x3c6e_f372_fe94_f82b;
 
+/// The bucket an id falls in (level × 16 + bucket) and its nonzero 4-bit fingerprint.
+fn slot_of(id: ItemId) -> (usize, u8) {
+    let h = mix64(id.0 ^ SALT);
+    let level = (h.leading_zeros() as usize).min(LEVELS - 1);
+    let bucket = (h & (BUCKETS as u64 - 1)) as usize;
+    let fingerprint = (((h >> 8) & 0xf) as u8).max(1);
+    (level * BUCKETS + bucket, fingerprint)
+}
+
 /// A replica's summary: one 4-bit XOR per bucket (stored one per byte).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Summary(pub [u8; LEVELS * BUCKETS]);
@@ -42,11 +51,24 @@ impl Default for Summary {
 impl Summary {
     /// Adds or removes an id (the same operation: XOR).
     pub fn toggle(&mut self, id: ItemId) {
-        let h = mix64(id.0 ^ SALT);
-        let level = (h.leading_zeros() as usize).min(LEVELS - 1);
-        let bucket = (h & (BUCKETS as u64 - 1)) as usize;
-        let fingerprint = (((h >> 8) & 0xf) as u8).max(1);
-        self.0[level * BUCKETS + bucket] ^= fingerprint;
+        let (slot, fingerprint) = slot_of(id);
+        self.0[slot] ^= fingerprint;
+    }
+
+    /// Adds or removes an id in a packed mini summary, in place (what [`Summary::mini`] would
+    /// give for the same ids).
+    pub fn toggle_mini_packed(mini: &mut [u8; MINI_WIRE_BYTES], id: ItemId) {
+        let (slot, fingerprint) = slot_of(id);
+        let (level, bucket) = (slot / BUCKETS, slot % BUCKETS);
+        if level >= MINI_LEVELS {
+            return;
+        }
+        let folded = level * MINI_BUCKETS + bucket % MINI_BUCKETS;
+        mini[folded / 2] ^= if folded % 2 == 0 {
+            fingerprint
+        } else {
+            fingerprint << 4
+        };
     }
 
     /// Packs the summary for the wire.

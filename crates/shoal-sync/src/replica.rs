@@ -1,5 +1,6 @@
 //! [`TableReplica`]: a table's partition, with its index, as a session's [`Replica`].
 
+use std::cell::RefCell;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -7,15 +8,15 @@ use shoal_storage::KeyRange;
 use shoal_table::codec::Versioned;
 use shoal_table::{Schema, Table};
 
-use crate::index::{Head, Partition, PartitionIndex, partition_of, partition_range};
+use crate::index::{Head, Partition, PartitionIndex, PartitionScan, partition_of, partition_range};
 use crate::session::{ApplyStats, Replica, SyncError};
-use crate::sketch::{Cell, ItemId};
 
 /// One partition of a table on this node.
 pub struct TableReplica<S: Schema> {
     table: Table<S>,
     index: Arc<PartitionIndex>,
     partition: Partition,
+    scan: RefCell<Option<Arc<PartitionScan>>>,
 }
 
 impl<S: Schema> TableReplica<S> {
@@ -25,6 +26,7 @@ impl<S: Schema> TableReplica<S> {
             table,
             index,
             partition,
+            scan: RefCell::new(None),
         }
     }
 
@@ -38,16 +40,13 @@ impl<S: Schema> Replica for TableReplica<S> {
         Ok(self.index.head(self.view(), self.partition)?)
     }
 
-    fn cells(&self, from: u64, to: u64) -> Result<Vec<Cell>, SyncError> {
-        Ok(self.index.cells(self.view(), self.partition, from, to)?)
-    }
-
-    fn ids(&self) -> Result<Vec<ItemId>, SyncError> {
-        Ok(self.index.ids(self.view(), self.partition)?)
-    }
-
-    fn key_of(&self, id: ItemId) -> Result<Option<Vec<u8>>, SyncError> {
-        Ok(self.index.key_of(self.view(), self.partition, id)?)
+    fn scan(&self) -> Result<Arc<PartitionScan>, SyncError> {
+        if let Some(s) = &*self.scan.borrow() {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(self.index.scan(self.view(), self.partition)?);
+        *self.scan.borrow_mut() = Some(s.clone());
+        Ok(s)
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SyncError> {
@@ -90,6 +89,8 @@ impl<S: Schema> Replica for TableReplica<S> {
             entries.push(entry);
         }
         self.table.insert_many(entries)?;
+        // The partition changed: the cached scan no longer describes it.
+        self.scan.borrow_mut().take();
         Ok(stats)
     }
 }

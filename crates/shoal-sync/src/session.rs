@@ -24,15 +24,16 @@
 //! [`SyncError::Protocol`] and changes nothing.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 
 use crate::estimator::{MINI_SATURATION, MINI_WIRE_BYTES, MiniEstimate, Summary, estimate_mini};
-use crate::index::Head;
+use crate::index::{Head, PartitionScan};
 use crate::protocol::{
     Digest, MAX_CELLS_PER_MESSAGE, MAX_IDS_PER_MESSAGE, MAX_ITEM_BYTES_PER_MESSAGE, Message,
     PROTOCOL_VERSION, WireError, put_varint, take_varint,
 };
 use crate::sketch::{
-    CELL_WIRE_BYTES, Cell, ItemId, WireCell, check_of, decode_cells, encode_cells, peel,
+    CELL_WIRE_BYTES, Cell, ItemId, WireCell, cells_of, check_of, decode_cells, encode_cells, peel,
 };
 
 /// Largest item a session accepts.
@@ -40,16 +41,29 @@ pub const MAX_ITEM_BYTES: u64 = 64 << 20;
 
 /// What a session needs from the local replica of the partition being synced.
 pub trait Replica {
-    /// The partition's index head (digest, maintained cells, summary).
+    /// The partition's index head (digest and mini summary).
     fn head(&self) -> Result<Head, SyncError>;
-    /// Sketch cells `from..to`.
-    fn cells(&self, from: u64, to: u64) -> Result<Vec<Cell>, SyncError>;
-    /// Every id of the partition.
-    fn ids(&self) -> Result<Vec<ItemId>, SyncError>;
-    /// The engine key of the item with this id, if held.
-    fn key_of(&self, id: ItemId) -> Result<Option<Vec<u8>>, SyncError>;
+    /// The partition's ids and keys, read once and kept until [`Replica::apply`] changes the
+    /// partition.
+    fn scan(&self) -> Result<Arc<PartitionScan>, SyncError>;
     /// The encoded item under an engine key, if held.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SyncError>;
+    /// Sketch cells `from..to`.
+    fn cells(&self, from: u64, to: u64) -> Result<Vec<Cell>, SyncError> {
+        Ok(cells_of(self.scan()?.ids(), from, to))
+    }
+    /// Every id of the partition.
+    fn ids(&self) -> Result<Vec<ItemId>, SyncError> {
+        Ok(self.scan()?.ids().collect())
+    }
+    /// The full difference-size summary.
+    fn summary(&self) -> Result<Summary, SyncError> {
+        Ok(self.scan()?.summary())
+    }
+    /// The engine key of the item with this id, if held.
+    fn key_of(&self, id: ItemId) -> Result<Option<Vec<u8>>, SyncError> {
+        Ok(self.scan()?.key_of(id).map(<[u8]>::to_vec))
+    }
     /// Whether an item with this id is held.
     fn has(&self, id: ItemId) -> Result<bool, SyncError> {
         Ok(self.key_of(id)?.is_some())
@@ -273,7 +287,6 @@ pub struct Session {
     head: Option<Head>,
     peer_count: u64,
     remote_cells: Vec<WireCell>,
-    local_ids: Option<Vec<ItemId>>,
     summary_sent: bool,
     doubled_blind: bool,
     remote_ids: Vec<ItemId>,
@@ -293,7 +306,6 @@ impl Session {
             head: None,
             peer_count: 0,
             remote_cells: Vec::new(),
-            local_ids: None,
             summary_sent: false,
             doubled_blind: false,
             remote_ids: Vec::new(),
@@ -311,8 +323,8 @@ impl Session {
         let mut s = Session::new(State::AwaitReply);
         s.out.push_back(Message::Hello {
             version: PROTOCOL_VERSION,
-            digest: head.digest().into(),
-            mini: head.summary.mini(),
+            digest: head.digest.into(),
+            mini: head.mini,
         });
         s.head = Some(head);
         Ok(s)
@@ -503,7 +515,7 @@ impl Session {
                     self.state = State::Done;
                 } else {
                     // A digest accident: ask for a sketch instead.
-                    self.request_more(2 * initial_cells(2))?;
+                    self.request_more(replica, 2 * initial_cells(2))?;
                 }
                 Ok(())
             }
@@ -572,7 +584,7 @@ impl Session {
         their_mini: &[u8; MINI_WIRE_BYTES],
     ) -> Result<(), SyncError> {
         let head = replica.head()?;
-        let ours: Digest = head.digest().into();
+        let ours: Digest = head.digest.into();
         self.peer_count = theirs.count;
         if ours == theirs {
             self.out.push_back(Message::InSync);
@@ -620,7 +632,7 @@ impl Session {
             self.head = Some(head);
             return Ok(());
         }
-        let estimate = estimate_mini(&head.summary.mini(), their_mini);
+        let estimate = estimate_mini(&head.mini, their_mini);
         let m0 = first_batch(ours.count.abs_diff(theirs.count), &estimate);
         self.head = Some(head);
         self.offer_cells(replica, m0)?;
@@ -656,13 +668,13 @@ impl Session {
         match msg {
             Message::More { upto, summary } if !want_done || !items_done => {
                 let head = match &self.head {
-                    Some(h) => h.clone(),
+                    Some(h) => *h,
                     None => replica.head()?,
                 };
                 let mut target = upto.max(self.cells_offered + 8);
                 if let Some(s) = summary {
                     let theirs = Summary::from_wire(&s).ok_or(WireError::Malformed("more"))?;
-                    let estimate = head.summary.estimate_difference(&theirs);
+                    let estimate = replica.summary()?.estimate_difference(&theirs);
                     target = target.max(cells_needed(1.5 * estimate));
                 }
                 // When the difference is so large that the id list is smaller than the cells
@@ -744,15 +756,7 @@ impl Session {
     // ---- initiator ----------------------------------------------------------------------
 
     fn local_cells(&mut self, replica: &dyn Replica, m: u64) -> Result<Vec<Cell>, SyncError> {
-        let head = self.head.as_ref().expect("initiator has its head");
-        if m <= head.cells.len() as u64 {
-            return Ok(head.cells[..m as usize].to_vec());
-        }
-        if self.local_ids.is_none() {
-            self.local_ids = Some(replica.ids()?);
-        }
-        let ids = self.local_ids.as_ref().expect("just loaded");
-        Ok(crate::sketch::cells_of(ids.iter().copied(), 0, m))
+        replica.cells(0, m)
     }
 
     fn try_decode(&mut self, replica: &dyn Replica) -> Result<(), SyncError> {
@@ -787,15 +791,15 @@ impl Session {
             self.state = State::AwaitCells;
             return Ok(());
         }
-        self.request_more(2 * m)
+        self.request_more(replica, 2 * m)
     }
 
-    fn request_more(&mut self, upto: u64) -> Result<(), SyncError> {
+    fn request_more(&mut self, replica: &dyn Replica, upto: u64) -> Result<(), SyncError> {
         let summary = if self.summary_sent {
             None
         } else {
             self.summary_sent = true;
-            self.head.as_ref().map(|h| h.summary.to_wire())
+            Some(replica.summary()?.to_wire())
         };
         self.out.push_back(Message::More { upto, summary });
         self.state = State::AwaitCells;
@@ -803,11 +807,7 @@ impl Session {
     }
 
     fn finish_from_id_lists(&mut self, replica: &dyn Replica) -> Result<(), SyncError> {
-        let mut local = match self.local_ids.take() {
-            Some(ids) => ids,
-            None => replica.ids()?,
-        };
-        local.sort_unstable();
+        let local = replica.ids()?;
         let mut remote = std::mem::take(&mut self.remote_ids);
         remote.sort_unstable();
         let (mut local_only, mut remote_only) = (Vec::new(), Vec::new());

@@ -27,19 +27,20 @@ fn verify_detects_and_rebuild_repairs() {
         "{out}"
     );
 
-    // Damage the index: drop one id-map entry behind the table's back.
+    // Damage the index: flip a byte of one partition's head behind the table's back.
     {
         let s = shoal_storage::Store::open(&store).unwrap();
-        let (k, _) = s
+        let (k, mut v) = s
             .scan(
-                "notes~ids",
+                "notes~head",
                 &shoal_storage::KeyRange::all(),
                 shoal_storage::Direction::Forward,
                 1,
             )
             .unwrap()
             .remove(0);
-        s.transact(move |tx| tx.delete("notes~ids", &k)).unwrap();
+        v[0] ^= 1;
+        s.transact(move |tx| tx.put("notes~head", &k, &v)).unwrap();
     }
     let (ok, out) = shoal(&[&["index", "verify"], &args[..]].concat());
     assert!(!ok && out.contains("1 partitions mismatched"), "{out}");
