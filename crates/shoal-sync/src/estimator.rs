@@ -64,7 +64,7 @@ impl Summary {
             return;
         }
         let folded = level * MINI_BUCKETS + bucket % MINI_BUCKETS;
-        mini[folded / 2] ^= if folded % 2 == 0 {
+        mini[folded / 2] ^= if folded.is_multiple_of(2) {
             fingerprint
         } else {
             fingerprint << 4
