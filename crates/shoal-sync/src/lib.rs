@@ -1,12 +1,12 @@
 //! Shoal's anti-entropy core: how two replicas of a partition find what differs and converge.
 //!
 //! - [`index`]: the persistent partition index, updated in the same transaction as every write
-//!   (a table hook): per partition a digest, the first sketch cells, a difference-size summary,
-//!   and an id map.
+//!   (a table hook): per partition a 36-byte head (digest and mini summary); the ids of a
+//!   differing partition are computed from one scan of its items.
 //! - [`sketch`]: the rateless set-reconciliation sketch over 64-bit keyed item [`ids`]: its cost
 //!   follows the size of the difference, not of the data.
-//! - [`estimator`]: sizes a sketch batch from two 128-byte summaries when the first batch did
-//!   not suffice.
+//! - [`estimator`]: sizes sketch batches from two summaries: the 16-byte mini summary in every
+//!   `Hello`, the 128-byte full summary when a first batch did not suffice.
 //! - [`protocol`] and [`session`]: the versioned messages and the pure state machine that
 //!   leaves *both* replicas holding the merge of both, from one session started by either side.
 //! - [`replica`]: a table partition as a session's replica; [`driver`]: a byte-counting
