@@ -1,0 +1,251 @@
+//! The Noise `XXpsk3` handshake and encrypted, length-delimited messages.
+//!
+//! Frames: a 4-byte big-endian length, then at most one Noise message (64 KiB). A length over
+//! the maximum is refused before anything is buffered. An application message is its 4-byte
+//! length followed by its bytes, cut into as many Noise messages as needed.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use crate::NodeId;
+use crate::identity::{ClusterSecret, NOISE_PARAMS, NodeKey};
+
+/// Largest frame: one Noise message.
+pub const MAX_FRAME: usize = 65535;
+/// Plaintext carried by one full frame.
+const MAX_PLAINTEXT: usize = MAX_FRAME - 16;
+
+/// Why a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The connection failed or closed during the handshake. A peer with another cluster
+    /// secret closes it at the third message, so this is also what a wrong secret looks like.
+    #[error("connection closed during the handshake (wrong cluster secret?): {0}")]
+    Closed(String),
+    /// A handshake message did not decrypt or authenticate (wrong cluster secret, tampering).
+    #[error("handshake failed (wrong cluster secret or tampered message): {0}")]
+    Noise(#[from] snow::Error),
+    /// The peer is a member of the cluster, but not the node we dialled.
+    #[error("peer is {got:?}, expected {expected:?}")]
+    UnexpectedPeer {
+        /// The node we meant to reach.
+        expected: NodeId,
+        /// The node that answered.
+        got: NodeId,
+    },
+    /// The handshake took longer than allowed.
+    #[error("handshake timed out")]
+    Timeout,
+}
+
+/// A connection's frames.
+pub type FramedStream<S> = Framed<S, LengthDelimitedCodec>;
+
+/// Frames a byte stream: 4-byte length, at most [`MAX_FRAME`] bytes.
+pub fn framed<S: AsyncRead + AsyncWrite>(stream: S) -> FramedStream<S> {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .max_frame_length(MAX_FRAME)
+        .new_framed(stream)
+}
+
+/// An established, authenticated connection.
+pub struct Secured<S> {
+    /// Frames to send.
+    pub sink: SplitSink<FramedStream<S>, Bytes>,
+    /// Frames received.
+    pub stream: SplitStream<FramedStream<S>>,
+    /// The session keys, shared by the reading and the writing half.
+    pub cipher: Arc<Mutex<snow::TransportState>>,
+    /// The authenticated peer.
+    pub peer: NodeId,
+}
+
+async fn next_frame<S: AsyncRead + AsyncWrite + Unpin>(
+    f: &mut FramedStream<S>,
+) -> Result<BytesMut, HandshakeError> {
+    match f.next().await {
+        Some(Ok(b)) => Ok(b),
+        Some(Err(e)) => Err(HandshakeError::Closed(e.to_string())),
+        None => Err(HandshakeError::Closed("end of stream".into())),
+    }
+}
+
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    f: &mut FramedStream<S>,
+    bytes: &[u8],
+) -> Result<(), HandshakeError> {
+    f.send(Bytes::copy_from_slice(bytes))
+        .await
+        .map_err(|e| HandshakeError::Closed(e.to_string()))
+}
+
+fn peer_of(state: &snow::HandshakeState) -> Result<NodeId, HandshakeError> {
+    let key = state
+        .get_remote_static()
+        .ok_or(snow::Error::Input)
+        .map_err(HandshakeError::Noise)?;
+    Ok(NodeId(key.try_into().map_err(|_| snow::Error::Input)?))
+}
+
+/// Runs the handshake on `stream`. The initiator names the node it expects (if it knows it)
+/// and aborts before authenticating itself to anyone else.
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    stream: S,
+    key: &NodeKey,
+    secret: &ClusterSecret,
+    initiator: bool,
+    expected: Option<NodeId>,
+    timeout: Duration,
+) -> Result<Secured<S>, HandshakeError> {
+    match tokio::time::timeout(timeout, run(stream, key, secret, initiator, expected)).await {
+        Ok(r) => r,
+        Err(_) => Err(HandshakeError::Timeout),
+    }
+}
+
+async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    stream: S,
+    key: &NodeKey,
+    secret: &ClusterSecret,
+    initiator: bool,
+    expected: Option<NodeId>,
+) -> Result<Secured<S>, HandshakeError> {
+    let psk = secret.psk();
+    let builder = snow::Builder::new(NOISE_PARAMS.parse().expect("valid noise params"))
+        .local_private_key(key.private())?
+        .psk(3, &psk)?;
+    let mut f = framed(stream);
+    let mut buf = vec![0u8; MAX_FRAME];
+    let mut out = vec![0u8; MAX_FRAME];
+    let (state, peer) = if initiator {
+        let mut hs = builder.build_initiator()?;
+        let n = hs.write_message(&[], &mut out)?;
+        send(&mut f, &out[..n]).await?;
+        let m = next_frame(&mut f).await?;
+        hs.read_message(&m, &mut buf)?;
+        let peer = peer_of(&hs)?;
+        if let Some(expected) = expected
+            && expected != peer
+        {
+            return Err(HandshakeError::UnexpectedPeer {
+                expected,
+                got: peer,
+            });
+        }
+        let n = hs.write_message(&[], &mut out)?;
+        send(&mut f, &out[..n]).await?;
+        let mut t = hs.into_transport_mode()?;
+        // The responder confirms it derived the same keys (same secret) before we trust the
+        // connection.
+        let m = next_frame(&mut f).await?;
+        t.read_message(&m, &mut buf)?;
+        (t, peer)
+    } else {
+        let mut hs = builder.build_responder()?;
+        let m = next_frame(&mut f).await?;
+        hs.read_message(&m, &mut buf)?;
+        let n = hs.write_message(&[], &mut out)?;
+        send(&mut f, &out[..n]).await?;
+        let m = next_frame(&mut f).await?;
+        hs.read_message(&m, &mut buf)?;
+        let peer = peer_of(&hs)?;
+        let mut t = hs.into_transport_mode()?;
+        let n = t.write_message(&[], &mut out)?;
+        send(&mut f, &out[..n]).await?;
+        (t, peer)
+    };
+    let (sink, stream) = f.split();
+    Ok(Secured {
+        sink,
+        stream,
+        cipher: Arc::new(Mutex::new(state)),
+        peer,
+    })
+}
+
+/// Why a message could not be read or written on an established connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The connection closed or failed.
+    #[error("connection lost: {0}")]
+    Closed(String),
+    /// A frame did not decrypt: corrupted or forged; the connection must be dropped.
+    #[error("undecryptable frame: {0}")]
+    Decrypt(snow::Error),
+    /// A message announced a length over the limit.
+    #[error("message of {0} bytes exceeds the limit")]
+    TooLarge(u64),
+}
+
+/// Encrypts one application message into frames.
+pub fn seal(cipher: &Mutex<snow::TransportState>, message: &[u8]) -> Vec<Bytes> {
+    let mut plain = Vec::with_capacity(4 + message.len());
+    plain.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    plain.extend_from_slice(message);
+    let mut t = cipher.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = vec![0u8; MAX_FRAME];
+    plain
+        .chunks(MAX_PLAINTEXT)
+        .map(|chunk| {
+            let n = t
+                .write_message(chunk, &mut out)
+                .expect("a chunk within the Noise limit encrypts");
+            Bytes::copy_from_slice(&out[..n])
+        })
+        .collect()
+}
+
+/// Reassembles application messages from decrypted frames.
+pub struct Opener {
+    buf: Vec<u8>,
+    max_message: usize,
+    scratch: Vec<u8>,
+}
+
+impl Opener {
+    /// An opener accepting messages up to `max_message` bytes.
+    pub fn new(max_message: usize) -> Self {
+        Opener {
+            buf: Vec::new(),
+            max_message,
+            scratch: vec![0u8; MAX_FRAME],
+        }
+    }
+
+    /// Decrypts one frame; returns the messages it completed.
+    pub fn push(
+        &mut self,
+        cipher: &Mutex<snow::TransportState>,
+        frame: &[u8],
+    ) -> Result<Vec<Vec<u8>>, ChannelError> {
+        let n = cipher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .read_message(frame, &mut self.scratch)
+            .map_err(ChannelError::Decrypt)?;
+        self.buf.extend_from_slice(&self.scratch[..n]);
+        let mut done = Vec::new();
+        loop {
+            if self.buf.len() < 4 {
+                break;
+            }
+            let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4")) as usize;
+            if len > self.max_message {
+                return Err(ChannelError::TooLarge(len as u64));
+            }
+            if self.buf.len() < 4 + len {
+                break;
+            }
+            done.push(self.buf[4..4 + len].to_vec());
+            self.buf.drain(..4 + len);
+        }
+        Ok(done)
+    }
+}

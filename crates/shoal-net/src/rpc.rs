@@ -1,0 +1,596 @@
+//! Multiplexed RPC over authenticated connections.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::NodeId;
+use crate::identity::{ClusterSecret, NodeKey};
+use crate::noise::{ChannelError, HandshakeError, Opener, Secured, handshake, seal};
+use crate::transport::Transport;
+
+/// Version marker of the RPC envelope.
+const RPC_VERSION: u8 = 1;
+
+/// Tunables of a node's network.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Default time a call may take, reply included.
+    pub call_timeout: Duration,
+    /// Time a handshake may take before the connection is dropped.
+    pub handshake_timeout: Duration,
+    /// Largest message (request or reply body plus envelope).
+    pub max_message: usize,
+    /// Messages queued for sending on one connection before callers wait (backpressure).
+    pub send_queue: usize,
+    /// Requests from one peer handled at once.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            call_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            max_message: 64 << 20,
+            send_queue: 64,
+            max_concurrent_requests: 256,
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    /// No reply within the timeout.
+    #[error("call to {peer:?} ({endpoint}) timed out")]
+    Timeout {
+        /// The peer called.
+        peer: NodeId,
+        /// The endpoint called.
+        endpoint: String,
+    },
+    /// No connection to the peer could be made.
+    #[error("{peer:?} is unreachable: {reason}")]
+    Unreachable {
+        /// The peer.
+        peer: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// The connection was lost before the reply arrived.
+    #[error("connection to {0:?} lost")]
+    ConnectionLost(NodeId),
+    /// The peer's handler returned an error.
+    #[error("remote error: {0}")]
+    Remote(String),
+    /// The message exceeds the configured maximum.
+    #[error("message of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// The handshake failed.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// Dialling failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address dialled.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Serves the requests of peers.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one request from `from` to `endpoint`.
+    fn handle(
+        &self,
+        from: NodeId,
+        endpoint: String,
+        body: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Envelope {
+    Request {
+        id: u64,
+        endpoint: String,
+        body: ByteBuf,
+    },
+    Response {
+        id: u64,
+        result: Result<ByteBuf, String>,
+    },
+}
+
+impl Envelope {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![RPC_VERSION];
+        rmp_serde::encode::write_named(&mut out, self).expect("envelopes encode");
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        match bytes.split_first() {
+            Some((&RPC_VERSION, rest)) => rmp_serde::from_slice(rest).map_err(|e| e.to_string()),
+            Some((v, _)) => Err(format!("unknown rpc version {v}")),
+            None => Err("empty message".into()),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Vec<u8>, RpcError>>;
+
+struct Conn {
+    serial: u64,
+    peer: NodeId,
+    dialer: NodeId,
+    tx: mpsc::Sender<Vec<u8>>,
+    pending: Mutex<HashMap<u64, Reply>>,
+    next_id: AtomicU64,
+    alive: AtomicBool,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Conn {
+    fn close(&self) {
+        self.alive.store(false, Ordering::SeqCst);
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+        let pending: Vec<Reply> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, r)| r)
+            .collect();
+        for r in pending {
+            let _ = r.send(Err(RpcError::ConnectionLost(self.peer)));
+        }
+    }
+}
+
+struct Inner<T: Transport> {
+    key: NodeKey,
+    secret: ClusterSecret,
+    transport: T,
+    config: NetConfig,
+    handler: Arc<dyn Handler>,
+    conns: Mutex<HashMap<NodeId, Arc<Conn>>>,
+    addrs: Mutex<HashMap<NodeId, String>>,
+    serial: AtomicU64,
+    listeners: Mutex<Vec<JoinHandle<()>>>,
+    refused: AtomicU64,
+}
+
+/// A node's endpoint on the cluster network. Cheap to clone.
+pub struct Network<T: Transport> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T: Transport> Clone for Network<T> {
+    fn clone(&self) -> Self {
+        Network {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T: Transport> Network<T> {
+    /// A network for the node `key` of the cluster sharing `secret`; `handler` serves requests.
+    pub fn new(
+        key: NodeKey,
+        secret: ClusterSecret,
+        transport: T,
+        config: NetConfig,
+        handler: Arc<dyn Handler>,
+    ) -> Self {
+        Network {
+            inner: Arc::new(Inner {
+                key,
+                secret,
+                transport,
+                config,
+                handler,
+                conns: Mutex::new(HashMap::new()),
+                addrs: Mutex::new(HashMap::new()),
+                serial: AtomicU64::new(1),
+                listeners: Mutex::new(Vec::new()),
+                refused: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.key.node_id()
+    }
+
+    /// Handshakes refused so far (wrong secret, unexpected peer, timeout, garbage).
+    pub fn refused_handshakes(&self) -> u64 {
+        self.inner.refused.load(Ordering::Relaxed)
+    }
+
+    /// Accepts connections on `addr` until [`Network::shutdown`]; returns the bound address.
+    pub async fn listen(&self, addr: &str) -> std::io::Result<SocketAddr> {
+        let (mut listener, local) = self.inner.transport.bind(addr).await?;
+        let net = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match T::accept(&mut listener).await {
+                    Ok((stream, from)) => {
+                        let net = net.clone();
+                        tokio::spawn(async move {
+                            let i = &net.inner;
+                            match handshake(
+                                stream,
+                                &i.key,
+                                &i.secret,
+                                false,
+                                None,
+                                i.config.handshake_timeout,
+                            )
+                            .await
+                            {
+                                Ok(secured) => {
+                                    let peer = secured.peer;
+                                    net.register(secured, peer);
+                                }
+                                Err(e) => {
+                                    i.refused.fetch_add(1, Ordering::Relaxed);
+                                    warn!(%from, error = %e, "refused an incoming connection");
+                                }
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+        Ok(local)
+    }
+
+    /// Remembers where `peer` listens, for calls made before a connection exists.
+    pub fn add_peer_addr(&self, peer: NodeId, addr: String) {
+        self.inner
+            .addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, addr);
+    }
+
+    /// Dials `addr` and authenticates; `expected` is the node that must answer, if known.
+    pub async fn connect(&self, addr: &str, expected: Option<NodeId>) -> Result<NodeId, RpcError> {
+        let i = &self.inner;
+        let stream = i
+            .transport
+            .connect(addr)
+            .await
+            .map_err(|source| RpcError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let secured = handshake(
+            stream,
+            &i.key,
+            &i.secret,
+            true,
+            expected,
+            i.config.handshake_timeout,
+        )
+        .await?;
+        let peer = secured.peer;
+        self.register(secured, self.node_id());
+        self.add_peer_addr(peer, addr.to_string());
+        Ok(peer)
+    }
+
+    /// Peers with a live connection.
+    pub fn connected_peers(&self) -> Vec<NodeId> {
+        self.inner
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, c)| c.alive.load(Ordering::SeqCst))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Drops the connection to `peer`, if any (tests, and peers marked down).
+    pub fn disconnect(&self, peer: NodeId) {
+        let c = self
+            .inner
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&peer);
+        if let Some(c) = c {
+            c.close();
+        }
+    }
+
+    /// Stops listening and closes every connection.
+    pub fn shutdown(&self) {
+        for t in self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+        let conns: Vec<Arc<Conn>> = self
+            .inner
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        for c in conns {
+            c.close();
+        }
+    }
+
+    /// Calls `endpoint` on `peer` with the default timeout.
+    pub async fn call(
+        &self,
+        peer: NodeId,
+        endpoint: &str,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, RpcError> {
+        self.call_with_timeout(peer, endpoint, body, self.inner.config.call_timeout)
+            .await
+    }
+
+    /// Calls `endpoint` on `peer`, connecting first if needed; fails after `timeout`.
+    pub async fn call_with_timeout(
+        &self,
+        peer: NodeId,
+        endpoint: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RpcError> {
+        let fut = self.call_inner(peer, endpoint, body);
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(RpcError::Timeout {
+                peer,
+                endpoint: endpoint.to_string(),
+            }),
+        }
+    }
+
+    async fn call_inner(
+        &self,
+        peer: NodeId,
+        endpoint: &str,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, RpcError> {
+        let conn = self.connection(peer).await?;
+        let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+        let msg = Envelope::Request {
+            id,
+            endpoint: endpoint.to_string(),
+            body: ByteBuf::from(body),
+        }
+        .encode();
+        if msg.len() > self.inner.config.max_message {
+            return Err(RpcError::TooLarge(msg.len()));
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        conn.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, reply_tx);
+        // Removes the pending entry however this call ends (reply, timeout, cancellation).
+        struct Forget<'a>(&'a Conn, u64);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&self.1);
+            }
+        }
+        let _forget = Forget(&conn, id);
+        conn.tx
+            .send(msg)
+            .await
+            .map_err(|_| RpcError::ConnectionLost(peer))?;
+        match reply_rx.await {
+            Ok(r) => r,
+            Err(_) => Err(RpcError::ConnectionLost(peer)),
+        }
+    }
+
+    async fn connection(&self, peer: NodeId) -> Result<Arc<Conn>, RpcError> {
+        let existing = self
+            .inner
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .filter(|c| c.alive.load(Ordering::SeqCst))
+            .cloned();
+        if let Some(c) = existing {
+            return Ok(c);
+        }
+        let addr = self
+            .inner
+            .addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .cloned()
+            .ok_or_else(|| RpcError::Unreachable {
+                peer,
+                reason: "no known address".into(),
+            })?;
+        self.connect(&addr, Some(peer)).await?;
+        self.inner
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .cloned()
+            .ok_or(RpcError::ConnectionLost(peer))
+    }
+
+    /// Installs an authenticated connection. When both nodes dialled each other at once, both
+    /// keep the connection dialled by the smaller node id, so one connection per pair remains.
+    fn register<S>(&self, secured: Secured<S>, dialer: NodeId)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let i = &self.inner;
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(i.config.send_queue);
+        let conn = Arc::new(Conn {
+            serial: i.serial.fetch_add(1, Ordering::Relaxed),
+            peer: secured.peer,
+            dialer,
+            tx,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            alive: AtomicBool::new(true),
+            tasks: Mutex::new(Vec::new()),
+        });
+        {
+            let mut conns = i.conns.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(old) = conns.get(&secured.peer)
+                && old.alive.load(Ordering::SeqCst)
+                && old.dialer <= dialer
+            {
+                debug!(peer = ?secured.peer, "duplicate connection dropped");
+                return;
+            }
+            if let Some(old) = conns.insert(secured.peer, conn.clone()) {
+                old.close();
+            }
+        }
+        let Secured {
+            mut sink,
+            mut stream,
+            cipher,
+            peer,
+        } = secured;
+        let writer_cipher = cipher.clone();
+        let writer_conn = conn.clone();
+        let writer = tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                for frame in seal(&writer_cipher, &msg) {
+                    if let Err(e) = sink.feed(frame).await {
+                        debug!(?peer, error = %e, "send failed");
+                        writer_conn.alive.store(false, Ordering::SeqCst);
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    writer_conn.alive.store(false, Ordering::SeqCst);
+                    return;
+                }
+            }
+        });
+        let net = self.clone();
+        let reader_conn = conn.clone();
+        let max_message = i.config.max_message;
+        let permits = Arc::new(Semaphore::new(i.config.max_concurrent_requests));
+        let reader = tokio::spawn(async move {
+            let mut opener = Opener::new(max_message);
+            let reason = loop {
+                let frame = match stream.next().await {
+                    Some(Ok(f)) => f,
+                    Some(Err(e)) => break ChannelError::Closed(e.to_string()),
+                    None => break ChannelError::Closed("end of stream".into()),
+                };
+                let messages = match opener.push(&cipher, &frame) {
+                    Ok(m) => m,
+                    Err(e) => break e,
+                };
+                for m in messages {
+                    match Envelope::decode(&m) {
+                        Ok(Envelope::Response { id, result }) => {
+                            let waiter = reader_conn
+                                .pending
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&id);
+                            if let Some(w) = waiter {
+                                let _ =
+                                    w.send(result.map(|b| b.into_vec()).map_err(RpcError::Remote));
+                            }
+                        }
+                        Ok(Envelope::Request { id, endpoint, body }) => {
+                            let Ok(permit) = permits.clone().acquire_owned().await else {
+                                break;
+                            };
+                            let handler = net.inner.handler.clone();
+                            let tx = reader_conn.tx.clone();
+                            tokio::spawn(async move {
+                                let result = handler
+                                    .handle(peer, endpoint, body.into_vec())
+                                    .await
+                                    .map(ByteBuf::from);
+                                let _ = tx.send(Envelope::Response { id, result }.encode()).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(e) => {
+                            warn!(?peer, error = %e, "undecodable rpc message; dropping the connection");
+                            reader_conn.close();
+                            net.forget(&reader_conn);
+                            return;
+                        }
+                    }
+                }
+            };
+            debug!(?peer, error = %reason, "connection closed");
+            reader_conn.close();
+            net.forget(&reader_conn);
+        });
+        conn.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend([writer, reader]);
+    }
+
+    fn forget(&self, conn: &Conn) {
+        let mut conns = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns
+            .get(&conn.peer)
+            .is_some_and(|c| c.serial == conn.serial)
+        {
+            conns.remove(&conn.peer);
+        }
+    }
+}

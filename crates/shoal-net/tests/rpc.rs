@@ -1,0 +1,228 @@
+//! Real TCP on loopback: authenticated nodes call each other; strangers and garbage are refused.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_net::{
+    ClusterSecret, Handler, NetConfig, Network, NodeId, NodeKey, RpcError, TcpTransport,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `echo` returns the body, `slow` sleeps then answers, `fail` errors, `whoami` names the caller.
+struct TestHandler;
+
+impl Handler for TestHandler {
+    fn handle(
+        &self,
+        from: NodeId,
+        endpoint: String,
+        body: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> {
+        Box::pin(async move {
+            match endpoint.as_str() {
+                "echo" => Ok(body),
+                "slow" => {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    Ok(b"late".to_vec())
+                }
+                "fail" => Err("the handler refused".into()),
+                "whoami" => Ok(from.0.to_vec()),
+                other => Err(format!("no endpoint {other}")),
+            }
+        })
+    }
+}
+
+fn secret(b: u8) -> ClusterSecret {
+    ClusterSecret::from_bytes([b; 32])
+}
+
+fn node(s: &ClusterSecret) -> Network<TcpTransport> {
+    let config = NetConfig {
+        handshake_timeout: Duration::from_millis(500),
+        ..NetConfig::default()
+    };
+    Network::new(
+        NodeKey::generate(),
+        s.clone(),
+        TcpTransport,
+        config,
+        Arc::new(TestHandler),
+    )
+}
+
+async fn pair() -> (Network<TcpTransport>, Network<TcpTransport>, String) {
+    let s = secret(7);
+    let (a, b) = (node(&s), node(&s));
+    let addr = a.listen("127.0.0.1:0").await.unwrap().to_string();
+    b.listen("127.0.0.1:0").await.unwrap();
+    (a, b, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_nodes_call_each_other_over_one_connection() {
+    let (a, b, addr) = pair().await;
+    let id = b.connect(&addr, Some(a.node_id())).await.unwrap();
+    assert_eq!(id, a.node_id());
+    assert_eq!(
+        b.call(a.node_id(), "echo", b"hi".to_vec()).await.unwrap(),
+        b"hi"
+    );
+    // The authenticated caller identity reaches the handler.
+    assert_eq!(
+        b.call(a.node_id(), "whoami", vec![]).await.unwrap(),
+        b.node_id().0.to_vec()
+    );
+    // The other direction reuses the same connection.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        a.call(b.node_id(), "echo", b"back".to_vec()).await.unwrap(),
+        b"back"
+    );
+    assert_eq!(a.connected_peers(), vec![b.node_id()]);
+    assert_eq!(b.connected_peers(), vec![a.node_id()]);
+    // Errors of the handler come back as errors.
+    assert!(
+        matches!(b.call(a.node_id(), "fail", vec![]).await, Err(RpcError::Remote(m)) if m.contains("refused"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_calls_and_large_messages() {
+    let (a, b, addr) = pair().await;
+    b.connect(&addr, None).await.unwrap();
+    let mut calls = Vec::new();
+    for i in 0..300u32 {
+        let b = b.clone();
+        let peer = a.node_id();
+        calls.push(tokio::spawn(async move {
+            b.call(peer, "echo", i.to_be_bytes().to_vec())
+                .await
+                .unwrap()
+                == i.to_be_bytes()
+        }));
+    }
+    for c in calls {
+        assert!(c.await.unwrap(), "every reply matches its request");
+    }
+    // 5 MiB: cut into Noise frames and reassembled.
+    let big: Vec<u8> = (0..5 << 20).map(|i| (i % 251) as u8).collect();
+    assert!(b.call(a.node_id(), "echo", big.clone()).await.unwrap() == big);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_fail_the_call_not_the_connection() {
+    let (a, b, addr) = pair().await;
+    b.connect(&addr, None).await.unwrap();
+    let start = Instant::now();
+    let r = b
+        .call_with_timeout(a.node_id(), "slow", vec![], Duration::from_millis(200))
+        .await;
+    assert!(matches!(r, Err(RpcError::Timeout { .. })), "{r:?}");
+    assert!(start.elapsed() < Duration::from_millis(1000));
+    assert_eq!(
+        b.call(a.node_id(), "echo", b"still".to_vec())
+            .await
+            .unwrap(),
+        b"still"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_or_an_unexpected_node_is_refused() {
+    let (a, _b, addr) = pair().await;
+    let stranger = node(&secret(8));
+    let r = stranger.connect(&addr, None).await;
+    assert!(matches!(r, Err(RpcError::Handshake(_))), "{r:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        a.connected_peers().is_empty(),
+        "no connection from a stranger"
+    );
+    assert!(a.refused_handshakes() >= 1);
+    // Same secret, but not the node we meant to reach.
+    let c = node(&secret(7));
+    let r = c.connect(&addr, Some(NodeKey::generate().node_id())).await;
+    assert!(
+        matches!(
+            r,
+            Err(RpcError::Handshake(
+                shoal_net::noise::HandshakeError::UnexpectedPeer { .. }
+            ))
+        ),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_oversized_frames_and_silent_clients_are_dropped() {
+    let (a, b, addr) = pair().await;
+    // A length prefix of 2^32 - 1: refused without buffering, the connection closed.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the node closes the connection");
+    // A client that never finishes the handshake is dropped after the handshake timeout.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let start = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(3), silent.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        start.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        start.elapsed()
+    );
+    // Meanwhile the node keeps serving its real peers.
+    b.connect(&addr, None).await.unwrap();
+    assert_eq!(
+        b.call(a.node_id(), "echo", b"ok".to_vec()).await.unwrap(),
+        b"ok"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_reconnects_after_the_peer_restarts() {
+    let s = secret(7);
+    let key = NodeKey::generate();
+    let config = NetConfig::default();
+    let a = Network::new(
+        key.clone(),
+        s.clone(),
+        TcpTransport,
+        config.clone(),
+        Arc::new(TestHandler),
+    );
+    let addr = a.listen("127.0.0.1:0").await.unwrap().to_string();
+    let b = node(&s);
+    b.connect(&addr, Some(a.node_id())).await.unwrap();
+    assert_eq!(
+        b.call(a.node_id(), "echo", b"1".to_vec()).await.unwrap(),
+        b"1"
+    );
+    // A restarts with the same key on the same address.
+    a.shutdown();
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let a2 = Network::new(key, s, TcpTransport, config, Arc::new(TestHandler));
+    a2.listen(&addr).await.unwrap();
+    let mut ok = false;
+    for _ in 0..20 {
+        if let Ok(r) = b.call(a2.node_id(), "echo", b"2".to_vec()).await {
+            ok = r == b"2";
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the call reconnects through the known address");
+}
