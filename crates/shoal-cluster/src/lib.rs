@@ -1,11 +1,14 @@
-//! Shoal's cluster layer: which nodes store which partitions, and (to come) how nodes find each
-//! other, replicate writes at quorum and keep replicas in sync in the background.
+//! Shoal's cluster layer: which nodes store which partitions, how nodes find each other, and
+//! how they keep replicas in sync (quorum replication and the background syncer are to come).
 //!
 //! - [`layout`]: the versioned cluster layout (node roles: zone and capacity, or gateway; the
 //!   replication factor; the assignment of the 256 ring partitions to nodes) and the pure,
 //!   deterministic assignment algorithm: zone-aware, capacity-weighted, moving as few partitions
 //!   as it can when the layout changes.
+//! - [`node`]: a running node: membership by heartbeats, layout replication, and sync sessions
+//!   with peers over RPC.
 //!
 //! This crate never depends on the HTTP API or the binary.
 
 pub mod layout;
+pub mod node;

@@ -1,0 +1,586 @@
+//! A cluster node: membership by heartbeats, layout replication, and anti-entropy sessions
+//! carried over RPC.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use shoal_net::ClusterSecret;
+use shoal_net::{Handler, NetConfig, Network, NodeId, NodeKey, RpcError, Transport};
+use shoal_sync::driver::Transcript;
+use shoal_sync::protocol::Message;
+use shoal_sync::session::{Replica, Session, SyncError};
+use tracing::{debug, info, warn};
+
+use crate::layout::Layout;
+
+/// A table as the node syncs it: a replica of any partition, whatever the schema.
+pub trait SyncTable: Send + Sync + 'static {
+    /// The table's name (also its endpoint name).
+    fn name(&self) -> &str;
+    /// The local replica of partition `p`.
+    fn replica(&self, p: u8) -> Box<dyn Replica + Send>;
+}
+
+impl<S: shoal_table::Schema> SyncTable
+    for (
+        shoal_table::Table<S>,
+        Arc<shoal_sync::index::PartitionIndex>,
+    )
+{
+    fn name(&self) -> &str {
+        S::TABLE_NAME
+    }
+
+    fn replica(&self, p: u8) -> Box<dyn Replica + Send> {
+        Box::new(shoal_sync::replica::TableReplica::new(
+            self.0.clone(),
+            self.1.clone(),
+            p,
+        ))
+    }
+}
+
+/// How a node behaves.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Address other nodes reach this one at.
+    pub public_addr: String,
+    /// Addresses to contact at start (other nodes' RPC addresses).
+    pub bootstrap: Vec<String>,
+    /// Time between heartbeats.
+    pub heartbeat: Duration,
+    /// Missed heartbeats before a peer is marked down.
+    pub down_after: u32,
+    /// Network tunables.
+    pub net: NetConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            public_addr: String::new(),
+            bootstrap: Vec::new(),
+            heartbeat: Duration::from_secs(1),
+            down_after: 3,
+            net: NetConfig::default(),
+        }
+    }
+}
+
+/// What a node knows of a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerStatus {
+    /// The peer.
+    pub id: NodeId,
+    /// Where it listens.
+    pub addr: String,
+    /// Whether it answers heartbeats.
+    pub up: bool,
+    /// Heartbeats missed in a row.
+    pub missed: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PingReply {
+    addr: String,
+    layout_version: u64,
+    peers: Vec<(NodeId, String)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SyncStep {
+    table: String,
+    partition: u8,
+    session: u64,
+    messages: Vec<ByteBuf>,
+}
+
+type Responder = (Session, Box<dyn Replica + Send>, Instant);
+
+struct State<T: Transport> {
+    id: NodeId,
+    config: NodeConfig,
+    public_addr: RwLock<String>,
+    net: OnceLock<Network<T>>,
+    layout: RwLock<Layout>,
+    peers: Mutex<BTreeMap<NodeId, PeerStatus>>,
+    tables: RwLock<HashMap<String, Arc<dyn SyncTable>>>,
+    responders: Mutex<HashMap<(NodeId, u64), Responder>>,
+    next_session: std::sync::atomic::AtomicU64,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// A running node. Cheap to clone.
+pub struct Node<T: Transport> {
+    state: Arc<State<T>>,
+}
+
+impl<T: Transport> Clone for Node<T> {
+    fn clone(&self) -> Self {
+        Node {
+            state: self.state.clone(),
+        }
+    }
+}
+
+struct NodeHandler<T: Transport>(std::sync::Weak<State<T>>);
+
+impl<T: Transport> Handler for NodeHandler<T> {
+    fn handle(
+        &self,
+        from: NodeId,
+        endpoint: String,
+        body: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> {
+        let state = self.0.clone();
+        Box::pin(async move {
+            let Some(state) = state.upgrade() else {
+                return Err("node is shutting down".into());
+            };
+            Node { state }.serve(from, &endpoint, body).await
+        })
+    }
+}
+
+fn encode<V: Serialize>(v: &V) -> Vec<u8> {
+    rmp_serde::to_vec_named(v).expect("cluster messages encode")
+}
+
+fn decode<'a, V: Deserialize<'a>>(b: &'a [u8]) -> Result<V, String> {
+    rmp_serde::from_slice(b).map_err(|e| format!("malformed request: {e}"))
+}
+
+/// Why a sync with a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerSyncError {
+    /// The call failed.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    /// The session failed on this side.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// A reply was malformed.
+    #[error("malformed sync reply: {0}")]
+    Malformed(String),
+    /// The local table is unknown.
+    #[error("no table {0}")]
+    NoTable(String),
+}
+
+impl<T: Transport> Node<T> {
+    /// Starts a node: listens on `bind`, then heartbeats its bootstrap peers and every peer it
+    /// learns of.
+    pub async fn start(
+        key: NodeKey,
+        secret: ClusterSecret,
+        transport: T,
+        bind: &str,
+        config: NodeConfig,
+        layout: Layout,
+    ) -> std::io::Result<Self> {
+        let id = key.node_id();
+        let state = Arc::new_cyclic(|weak: &std::sync::Weak<State<T>>| {
+            let net = Network::new(
+                key,
+                secret,
+                transport,
+                config.net.clone(),
+                Arc::new(NodeHandler(weak.clone())),
+            );
+            let cell = OnceLock::new();
+            let _ = cell.set(net);
+            State {
+                id,
+                config: config.clone(),
+                public_addr: RwLock::new(config.public_addr.clone()),
+                net: cell,
+                layout: RwLock::new(layout),
+                peers: Mutex::new(BTreeMap::new()),
+                tables: RwLock::new(HashMap::new()),
+                responders: Mutex::new(HashMap::new()),
+                next_session: std::sync::atomic::AtomicU64::new(1),
+                tasks: Mutex::new(Vec::new()),
+            }
+        });
+        let node = Node { state };
+        let bound = node.net().listen(bind).await?;
+        if config.public_addr.is_empty() {
+            *node
+                .state
+                .public_addr
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = bound.to_string();
+        }
+        // The heartbeat task holds only a weak reference: dropping every `Node` handle (or
+        // `shutdown`) stops it.
+        let weak = Arc::downgrade(&node.state);
+        let heartbeat = node.state.config.heartbeat;
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(heartbeat);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(state) = weak.upgrade() else { return };
+                Node { state }.heartbeat_once().await;
+            }
+        });
+        node.state
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+        info!(node = ?id, addr = %bound, "node started");
+        Ok(node)
+    }
+
+    fn net(&self) -> &Network<T> {
+        self.state.net.get().expect("network set at start")
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.state.id
+    }
+
+    /// The current layout.
+    pub fn layout(&self) -> Layout {
+        self.state
+            .layout
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Adopts `layout` if newer and pushes it to every known peer.
+    pub async fn set_layout(&self, layout: Layout) {
+        self.merge_layout(&layout);
+        let body = encode(&self.layout());
+        for p in self.peers() {
+            if let Err(e) = self.net().call(p.id, "layout.push", body.clone()).await {
+                debug!(peer = ?p.id, error = %e, "layout push failed");
+            }
+        }
+    }
+
+    fn merge_layout(&self, other: &Layout) -> bool {
+        let mut l = self.state.layout.write().unwrap_or_else(|p| p.into_inner());
+        let before = l.version;
+        l.merge(other);
+        l.version != before
+    }
+
+    /// Registers a table for sync.
+    pub fn add_table(&self, table: Arc<dyn SyncTable>) {
+        self.state
+            .tables
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(table.name().to_string(), table);
+    }
+
+    /// Every peer heard of, with its state.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.state
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The address this node tells others to use.
+    pub fn public_addr(&self) -> String {
+        self.state
+            .public_addr
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stops the node: heartbeats, listener and every connection.
+    pub fn shutdown(&self) {
+        for t in self
+            .state
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+        self.net().shutdown();
+    }
+
+    /// Handshakes this node refused (wrong secret, strangers, garbage).
+    pub fn refused_handshakes(&self) -> u64 {
+        self.net().refused_handshakes()
+    }
+
+    /// One round of heartbeats: bootstrap addresses not yet known, then every known peer.
+    pub async fn heartbeat_once(&self) {
+        let known: Vec<String> = self.peers().into_iter().map(|p| p.addr).collect();
+        for addr in &self.state.config.bootstrap {
+            if known.contains(addr) || *addr == self.public_addr() {
+                continue;
+            }
+            match self.net().connect(addr, None).await {
+                Ok(id) if id != self.id() => {
+                    self.record(id, addr.clone(), true);
+                }
+                Ok(_) => {}
+                Err(e) => debug!(%addr, error = %e, "bootstrap peer unreachable"),
+            }
+        }
+        let timeout = self.state.config.heartbeat.max(Duration::from_millis(200));
+        for p in self.peers() {
+            let r = self
+                .net()
+                .call_with_timeout(p.id, "ping", encode(&self.public_addr()), timeout)
+                .await;
+            match r
+                .map_err(|e| e.to_string())
+                .and_then(|b| decode::<PingReply>(&b))
+            {
+                Ok(reply) => {
+                    self.record(p.id, reply.addr.clone(), true);
+                    for (id, addr) in reply.peers {
+                        if id != self.id() {
+                            self.learn(id, addr);
+                        }
+                    }
+                    if reply.layout_version > self.layout().version {
+                        self.fetch_layout(p.id).await;
+                    }
+                }
+                Err(e) => {
+                    debug!(peer = ?p.id, error = %e, "heartbeat missed");
+                    self.record(p.id, p.addr.clone(), false);
+                }
+            }
+        }
+    }
+
+    async fn fetch_layout(&self, peer: NodeId) {
+        match self.net().call(peer, "layout.get", Vec::new()).await {
+            Ok(b) => match decode::<Layout>(&b) {
+                Ok(l) => {
+                    if self.merge_layout(&l) {
+                        info!(version = l.version, "adopted a newer layout");
+                    }
+                }
+                Err(e) => warn!(peer = ?peer, error = %e, "bad layout"),
+            },
+            Err(e) => debug!(peer = ?peer, error = %e, "layout fetch failed"),
+        }
+    }
+
+    fn learn(&self, id: NodeId, addr: String) {
+        let mut peers = self.state.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.entry(id).or_insert_with(|| {
+            self.net().add_peer_addr(id, addr.clone());
+            PeerStatus {
+                id,
+                addr,
+                up: false,
+                missed: 0,
+            }
+        });
+    }
+
+    fn record(&self, id: NodeId, addr: String, answered: bool) {
+        let down_after = self.state.config.down_after;
+        let mut peers = self.state.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let p = peers.entry(id).or_insert_with(|| PeerStatus {
+            id,
+            addr: addr.clone(),
+            up: false,
+            missed: 0,
+        });
+        if answered {
+            if !p.up {
+                info!(peer = ?id, "peer up");
+            }
+            p.up = true;
+            p.missed = 0;
+            p.addr = addr.clone();
+            self.net().add_peer_addr(id, addr);
+        } else {
+            p.missed += 1;
+            if p.up && p.missed >= down_after {
+                p.up = false;
+                warn!(peer = ?id, missed = p.missed, "peer down");
+            }
+        }
+    }
+
+    async fn serve(&self, from: NodeId, endpoint: &str, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        match endpoint {
+            "ping" => {
+                if let Ok(addr) = decode::<String>(&body)
+                    && !addr.is_empty()
+                {
+                    self.record(from, addr, true);
+                }
+                let mut peers: Vec<(NodeId, String)> =
+                    self.peers().into_iter().map(|p| (p.id, p.addr)).collect();
+                peers.push((self.id(), self.public_addr()));
+                Ok(encode(&PingReply {
+                    addr: self.public_addr(),
+                    layout_version: self.layout().version,
+                    peers,
+                }))
+            }
+            "layout.get" => Ok(encode(&self.layout())),
+            "layout.push" => {
+                let l: Layout = decode(&body)?;
+                self.merge_layout(&l);
+                Ok(Vec::new())
+            }
+            "sync" => self.serve_sync(from, body).await,
+            other => Err(format!("unknown endpoint {other}")),
+        }
+    }
+
+    async fn serve_sync(&self, from: NodeId, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        let step: SyncStep = decode(&body)?;
+        let key = (from, step.session);
+        // Sessions whose initiator went away are forgotten after a while.
+        self.state
+            .responders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, (_, _, at)| at.elapsed() < Duration::from_secs(300));
+        let existing = self
+            .state
+            .responders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        let (session, replica) = match existing {
+            Some((s, r, _)) => (Some(s), r),
+            None => {
+                let table = self
+                    .state
+                    .tables
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&step.table)
+                    .cloned()
+                    .ok_or_else(|| format!("no table {}", step.table))?;
+                (None, table.replica(step.partition))
+            }
+        };
+        // Storage work (scans, durable merges) runs off the async workers.
+        let result = tokio::task::spawn_blocking(move || {
+            let mut session = session;
+            for raw in step.messages {
+                let msg = Message::decode(&raw).map_err(|e| e.to_string())?;
+                match session.as_mut() {
+                    Some(s) => s.receive(&*replica, msg).map_err(|e| e.to_string())?,
+                    None => {
+                        session = Some(Session::respond(&*replica, msg).map_err(|e| e.to_string())?)
+                    }
+                }
+            }
+            let mut s = session.ok_or("an empty first step")?;
+            let mut out = Vec::new();
+            while let Some(m) = s.poll_send(&*replica).map_err(|e| e.to_string())? {
+                out.push(ByteBuf::from(m.encode()));
+            }
+            Ok::<_, String>((s, replica, out))
+        })
+        .await
+        .map_err(|e| format!("sync step failed: {e}"))??;
+        let (session, replica, out) = result;
+        if !session.is_done() {
+            self.state
+                .responders
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, (session, replica, Instant::now()));
+        }
+        Ok(encode(&out))
+    }
+
+    /// Runs one anti-entropy session for partition `p` of `table` with `peer`, this node
+    /// initiating. Afterwards both hold the merge of both.
+    pub async fn sync_with(
+        &self,
+        peer: NodeId,
+        table: &str,
+        p: u8,
+    ) -> Result<Transcript, PeerSyncError> {
+        let t = self
+            .state
+            .tables
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(table)
+            .cloned()
+            .ok_or_else(|| PeerSyncError::NoTable(table.to_string()))?;
+        let session_id = self
+            .state
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let replica = t.replica(p);
+        let (mut session, mut replica, mut outgoing) =
+            tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
+                let mut s = Session::initiate(&*replica)?;
+                let mut out = Vec::new();
+                while let Some(m) = s.poll_send(&*replica)? {
+                    out.push(m.encode());
+                }
+                Ok((s, replica, out))
+            })
+            .await
+            .map_err(|e| PeerSyncError::Malformed(e.to_string()))??;
+        let mut transcript = Transcript::default();
+        loop {
+            transcript.legs += 1;
+            transcript.bytes_a_to_b += outgoing.iter().map(|m| m.len() as u64).sum::<u64>();
+            let step = SyncStep {
+                table: table.to_string(),
+                partition: p,
+                session: session_id,
+                messages: outgoing.into_iter().map(ByteBuf::from).collect(),
+            };
+            let reply = self.net().call(peer, "sync", encode(&step)).await?;
+            let replies: Vec<ByteBuf> = rmp_serde::from_slice(&reply)
+                .map_err(|e| PeerSyncError::Malformed(e.to_string()))?;
+            if !replies.is_empty() {
+                transcript.legs += 1;
+            }
+            transcript.bytes_b_to_a += replies.iter().map(|m| m.len() as u64).sum::<u64>();
+            let (s, r, out) = tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
+                for raw in replies {
+                    session.receive(&*replica, Message::decode(&raw)?)?;
+                }
+                let mut out = Vec::new();
+                while let Some(m) = session.poll_send(&*replica)? {
+                    out.push(m.encode());
+                }
+                Ok((session, replica, out))
+            })
+            .await
+            .map_err(|e| PeerSyncError::Malformed(e.to_string()))??;
+            session = s;
+            replica = r;
+            outgoing = out;
+            if outgoing.is_empty() {
+                if session.is_done() {
+                    transcript.a = session.stats();
+                    return Ok(transcript);
+                }
+                return Err(PeerSyncError::Malformed(
+                    "the peer stopped answering before the session ended".into(),
+                ));
+            }
+        }
+    }
+}

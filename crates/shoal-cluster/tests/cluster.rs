@@ -1,0 +1,181 @@
+//! Nodes on loopback TCP with on-disk stores: they find each other from one bootstrap address,
+//! replicate the layout, mark a dead peer down, refuse a node with another secret, and sync a
+//! partition over RPC.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shoal_cluster::layout::{Layout, NodeRole};
+use shoal_cluster::node::{Node, NodeConfig};
+use shoal_net::{ClusterSecret, NetConfig, NodeKey, TcpTransport};
+use shoal_storage::Store;
+use shoal_sync::ids::IdKey;
+use shoal_sync::index::{PartitionIndex, partition_of};
+use shoal_table::codec::{Initial, Versioned};
+use shoal_table::crdt::{Lww, NodeId, Stamp};
+use shoal_table::{Entry, Schema, Table, engine_key};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Kv {
+    pk: String,
+    sk: String,
+    v: Lww<String>,
+}
+shoal_table::crdt_struct!(Kv { v });
+impl Versioned for Kv {
+    const VERSION_MARKER: &'static [u8] = b"Tkv1";
+    type Previous = Initial;
+    fn migrate(p: Initial) -> Self {
+        match p {}
+    }
+}
+impl Entry<String, String> for Kv {
+    fn partition_key(&self) -> &String {
+        &self.pk
+    }
+    fn sort_key(&self) -> &String {
+        &self.sk
+    }
+    fn is_tombstone(&self) -> bool {
+        false
+    }
+}
+struct KvTable;
+impl Schema for KvTable {
+    const TABLE_NAME: &'static str = "kv";
+    type PartitionKey = String;
+    type SortKey = String;
+    type Entry = Kv;
+}
+
+struct TestNode {
+    node: Node<TcpTransport>,
+    table: Table<KvTable>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(secret: &ClusterSecret, bootstrap: Vec<String>) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let key = NodeKey::load_or_create(dir.path()).unwrap();
+    let store = Store::open(dir.path().join("db.redb")).unwrap();
+    let index = PartitionIndex::new("kv", IdKey::derive(secret.as_bytes()));
+    let table = Table::<KvTable>::new(store).with_hook(index.clone());
+    let config = NodeConfig {
+        bootstrap,
+        heartbeat: Duration::from_millis(100),
+        down_after: 3,
+        net: NetConfig {
+            handshake_timeout: Duration::from_millis(500),
+            ..NetConfig::default()
+        },
+        ..NodeConfig::default()
+    };
+    let node = Node::start(
+        key,
+        secret.clone(),
+        TcpTransport,
+        "127.0.0.1:0",
+        config,
+        Layout::empty(3),
+    )
+    .await
+    .unwrap();
+    node.add_table(Arc::new((table.clone(), index)));
+    TestNode {
+        node,
+        table,
+        _dir: dir,
+    }
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn up_peers(n: &Node<TcpTransport>) -> usize {
+    n.peers().iter().filter(|p| p.up).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_form_a_cluster_replicate_the_layout_and_sync() {
+    let secret = ClusterSecret::from_bytes([42; 32]);
+    let a = start(&secret, vec![]).await;
+    let seed = vec![a.node.public_addr()];
+    let b = start(&secret, seed.clone()).await;
+    let c = start(&secret, seed.clone()).await;
+    // Everyone learns everyone from one bootstrap address.
+    for n in [&a, &b, &c] {
+        wait_until("all peers are up", || up_peers(&n.node) == 2).await;
+    }
+
+    // A node with another secret never joins, and is refused.
+    let stranger = start(&ClusterSecret::from_bytes([7; 32]), seed.clone()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(up_peers(&stranger.node), 0);
+    assert!(a.node.peers().iter().all(|p| p.id != stranger.node.id()));
+    assert!(a.node.refused_handshakes() >= 1);
+    stranger.node.shutdown();
+
+    // A layout applied on one node reaches the others.
+    let roles = [&a, &b, &c]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                n.node.id(),
+                NodeRole {
+                    zone: format!("z{i}"),
+                    capacity: Some(1),
+                },
+            )
+        })
+        .collect();
+    let (layout, _) = Layout::empty(3).apply(roles).unwrap();
+    a.node.set_layout(layout.clone()).await;
+    for n in [&b, &c] {
+        wait_until("the layout arrives", || n.node.layout().version == 1).await;
+        assert_eq!(n.node.layout(), layout);
+    }
+
+    // Writes on A only; one session initiated by B brings them over (and B's own to A).
+    let pk = "bucket".to_string();
+    let item = |sk: &str, t: u64, node: u8| Kv {
+        pk: pk.clone(),
+        sk: sk.into(),
+        v: Lww::new(Stamp::new(t, NodeId([node; 32])), format!("{sk}@{t}")),
+    };
+    a.table
+        .insert_many_async((0..500).map(|i| item(&format!("k{i:04}"), 1, 1)).collect())
+        .await
+        .unwrap();
+    b.table
+        .insert_async(&item("only-on-b", 2, 2))
+        .await
+        .unwrap();
+    let p = partition_of(&engine_key(&pk, &String::new()));
+    let t = b.node.sync_with(a.node.id(), "kv", p).await.unwrap();
+    assert!(t.bytes_a_to_b > 0 && t.bytes_b_to_a > 0);
+    let dump = |t: &Table<KvTable>| {
+        t.scan_raw(&shoal_storage::KeyRange::all(), usize::MAX)
+            .unwrap()
+    };
+    assert!(dump(&a.table) == dump(&b.table), "A and B converged");
+    assert_eq!(dump(&a.table).len(), 501);
+    // In sync now: a second session exchanges one small round trip.
+    let t = b.node.sync_with(a.node.id(), "kv", p).await.unwrap();
+    assert!(t.bytes_a_to_b + t.bytes_b_to_a < 64, "{t:?}");
+
+    // A node that dies is marked down by the others.
+    c.node.shutdown();
+    wait_until("C is marked down", || {
+        a.node.peers().iter().any(|p| p.id == c.node.id() && !p.up)
+    })
+    .await;
+}
