@@ -12,3 +12,4 @@
 
 pub mod layout;
 pub mod node;
+pub mod replication;

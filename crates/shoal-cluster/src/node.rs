@@ -18,12 +18,18 @@ use tracing::{debug, info, warn};
 
 use crate::layout::Layout;
 
-/// A table as the node syncs it: a replica of any partition, whatever the schema.
+/// A table as the node serves it to peers, whatever its schema: replicas of its partitions for
+/// sync, and encoded items for replication. Methods may block on storage: the node calls them
+/// off the async workers.
 pub trait SyncTable: Send + Sync + 'static {
-    /// The table's name (also its endpoint name).
+    /// The table's name.
     fn name(&self) -> &str;
     /// The local replica of partition `p`.
     fn replica(&self, p: u8) -> Box<dyn Replica + Send>;
+    /// Merges encoded items (durably) and returns how many changed.
+    fn merge_encoded(&self, items: Vec<Vec<u8>>) -> Result<usize, String>;
+    /// The encoded item under an engine key.
+    fn get_encoded(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
 }
 
 impl<S: shoal_table::Schema> SyncTable
@@ -43,6 +49,26 @@ impl<S: shoal_table::Schema> SyncTable
             p,
         ))
     }
+
+    fn merge_encoded(&self, items: Vec<Vec<u8>>) -> Result<usize, String> {
+        self.0.insert_encoded(items).map_err(|e| e.to_string())
+    }
+
+    fn get_encoded(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        self.0.get_raw(key).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TableWrite {
+    table: String,
+    items: Vec<ByteBuf>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TableRead {
+    table: String,
+    key: ByteBuf,
 }
 
 /// How a node behaves.
@@ -274,6 +300,68 @@ impl<T: Transport> Node<T> {
         l.version != before
     }
 
+    /// The registered table `name`.
+    pub fn table(&self, name: &str) -> Result<Arc<dyn SyncTable>, String> {
+        self.state
+            .tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("no table {name}"))
+    }
+
+    /// Sends encoded items of `table` to `node` (this node or a peer) to be merged durably.
+    pub async fn write_to(
+        &self,
+        node: NodeId,
+        table: &str,
+        items: Vec<Vec<u8>>,
+    ) -> Result<(), String> {
+        if node == self.id() {
+            let t = self.table(table)?;
+            tokio::task::spawn_blocking(move || t.merge_encoded(items))
+                .await
+                .map_err(|e| e.to_string())??;
+            return Ok(());
+        }
+        let body = encode(&TableWrite {
+            table: table.to_string(),
+            items: items.into_iter().map(ByteBuf::from).collect(),
+        });
+        self.net()
+            .call(node, "table.write", body)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Reads the encoded item under `key` of `table` from `node` (this node or a peer).
+    pub async fn read_from(
+        &self,
+        node: NodeId,
+        table: &str,
+        key: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, String> {
+        if node == self.id() {
+            let t = self.table(table)?;
+            return tokio::task::spawn_blocking(move || t.get_encoded(&key))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let body = encode(&TableRead {
+            table: table.to_string(),
+            key: ByteBuf::from(key),
+        });
+        let reply = self
+            .net()
+            .call(node, "table.read", body)
+            .await
+            .map_err(|e| e.to_string())?;
+        let v: Option<ByteBuf> = decode(&reply)?;
+        Ok(v.map(ByteBuf::into_vec))
+    }
+
     /// Registers a table for sync.
     pub fn add_table(&self, table: Arc<dyn SyncTable>) {
         self.state
@@ -443,6 +531,23 @@ impl<T: Transport> Node<T> {
                 Ok(Vec::new())
             }
             "sync" => self.serve_sync(from, body).await,
+            "table.write" => {
+                let w: TableWrite = decode(&body)?;
+                let table = self.table(&w.table)?;
+                let items = w.items.into_iter().map(ByteBuf::into_vec).collect();
+                let changed = tokio::task::spawn_blocking(move || table.merge_encoded(items))
+                    .await
+                    .map_err(|e| e.to_string())??;
+                Ok(encode(&changed))
+            }
+            "table.read" => {
+                let r: TableRead = decode(&body)?;
+                let table = self.table(&r.table)?;
+                let v = tokio::task::spawn_blocking(move || table.get_encoded(&r.key))
+                    .await
+                    .map_err(|e| e.to_string())??;
+                Ok(encode(&v.map(ByteBuf::from)))
+            }
             other => Err(format!("unknown endpoint {other}")),
         }
     }

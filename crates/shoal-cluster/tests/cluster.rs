@@ -179,3 +179,71 @@ async fn nodes_form_a_cluster_replicate_the_layout_and_sync() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_writes_reads_repairs_and_refuses_without_quorum() {
+    use shoal_cluster::replication::{QuorumError, Replicated};
+    let secret = ClusterSecret::from_bytes([9; 32]);
+    let a = start(&secret, vec![]).await;
+    let seed = vec![a.node.public_addr()];
+    let b = start(&secret, seed.clone()).await;
+    let c = start(&secret, seed).await;
+    for n in [&a, &b, &c] {
+        wait_until("all peers are up", || up_peers(&n.node) == 2).await;
+    }
+    let roles = [&a, &b, &c]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                n.node.id(),
+                NodeRole {
+                    zone: format!("z{i}"),
+                    capacity: Some(1),
+                },
+            )
+        })
+        .collect();
+    let (layout, _) = Layout::empty(3).apply(roles).unwrap();
+    a.node.set_layout(layout).await;
+    for n in [&b, &c] {
+        wait_until("the layout arrives", || n.node.layout().version == 1).await;
+    }
+    let via_a = Replicated::<KvTable, _>::new(a.node.clone(), 2, 2);
+    let via_b = Replicated::<KvTable, _>::new(b.node.clone(), 2, 2);
+    let (pk, sk) = ("p".to_string(), "k".to_string());
+    let kv = |t: u64, v: &str| Kv {
+        pk: pk.clone(),
+        sk: sk.clone(),
+        v: Lww::new(Stamp::new(t, NodeId([1; 32])), v.to_string()),
+    };
+    // Write through A, read through B.
+    via_a.insert(&kv(1, "one")).await.unwrap();
+    let got = via_b.get(&pk, &sk).await.unwrap().unwrap();
+    assert_eq!(got.v.get(), "one");
+
+    // A newer version only on A's disk: a read of all three returns it and repairs B and C.
+    a.table.insert_async(&kv(2, "two")).await.unwrap();
+    let all = Replicated::<KvTable, _>::new(b.node.clone(), 2, 3);
+    assert_eq!(all.get(&pk, &sk).await.unwrap().unwrap().v.get(), "two");
+    for n in [&b, &c] {
+        let t = n.table.clone();
+        let (pk, sk) = (pk.clone(), sk.clone());
+        wait_until("read repair reaches the stale replica", move || {
+            tokio::task::block_in_place(|| t.get(&pk, &sk).unwrap().unwrap().v.get() == "two")
+        })
+        .await;
+    }
+
+    // One node down: writes still reach a quorum. Two down: refused, clearly.
+    c.node.shutdown();
+    via_a.insert(&kv(3, "three")).await.unwrap();
+    b.node.shutdown();
+    let err = via_a.insert(&kv(4, "four")).await.unwrap_err();
+    // Two refusals make the quorum impossible: the call fails at once, whether or not the
+    // local write has finished.
+    assert!(
+        matches!(err, QuorumError::Write { acks, needed: 2, .. } if acks < 2),
+        "{err}"
+    );
+}

@@ -137,7 +137,6 @@ type Reply = oneshot::Sender<Result<Vec<u8>, RpcError>>;
 struct Conn {
     serial: u64,
     peer: NodeId,
-    dialer: NodeId,
     tx: mpsc::Sender<Vec<u8>>,
     pending: Mutex<HashMap<u64, Reply>>,
     next_id: AtomicU64,
@@ -251,10 +250,7 @@ impl<T: Transport> Network<T> {
                             )
                             .await
                             {
-                                Ok(secured) => {
-                                    let peer = secured.peer;
-                                    net.register(secured, peer);
-                                }
+                                Ok(secured) => net.register(secured),
                                 Err(e) => {
                                     i.refused.fetch_add(1, Ordering::Relaxed);
                                     warn!(%from, error = %e, "refused an incoming connection");
@@ -307,7 +303,7 @@ impl<T: Transport> Network<T> {
         )
         .await?;
         let peer = secured.peer;
-        self.register(secured, self.node_id());
+        self.register(secured);
         self.add_peer_addr(peer, addr.to_string());
         Ok(peer)
     }
@@ -467,9 +463,8 @@ impl<T: Transport> Network<T> {
             .ok_or(RpcError::ConnectionLost(peer))
     }
 
-    /// Installs an authenticated connection. When both nodes dialled each other at once, both
-    /// keep the connection dialled by the smaller node id, so one connection per pair remains.
-    fn register<S>(&self, secured: Secured<S>, dialer: NodeId)
+    /// Installs an authenticated connection and starts its reader and writer.
+    fn register<S>(&self, secured: Secured<S>)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -478,7 +473,6 @@ impl<T: Transport> Network<T> {
         let conn = Arc::new(Conn {
             serial: i.serial.fetch_add(1, Ordering::Relaxed),
             peer: secured.peer,
-            dialer,
             tx,
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -486,16 +480,17 @@ impl<T: Transport> Network<T> {
             tasks: Mutex::new(Vec::new()),
         });
         {
+            // When both nodes dialled at once, the connection registered first stays the one
+            // calls use; the other still serves the requests the peer sends on it and closes
+            // with it. Closing a live connection here would fail calls in flight on it.
             let mut conns = i.conns.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(old) = conns.get(&secured.peer)
-                && old.alive.load(Ordering::SeqCst)
-                && old.dialer <= dialer
-            {
-                debug!(peer = ?secured.peer, "duplicate connection dropped");
-                return;
-            }
-            if let Some(old) = conns.insert(secured.peer, conn.clone()) {
-                old.close();
+            match conns.get(&secured.peer) {
+                Some(old) if old.alive.load(Ordering::SeqCst) => {
+                    debug!(peer = ?secured.peer, "second connection to a peer kept for its requests");
+                }
+                _ => {
+                    conns.insert(secured.peer, conn.clone());
+                }
             }
         }
         let Secured {

@@ -1,0 +1,167 @@
+//! Quorum replication: a write succeeds once a write quorum of the partition's nodes has it
+//! durably; a read asks a read quorum, merges, and repairs stale replicas in the background.
+
+use shoal_net::Transport;
+use shoal_table::codec::Versioned;
+use shoal_table::crdt::Crdt;
+use shoal_table::{Schema, Table, engine_key};
+use tokio::sync::mpsc;
+
+use crate::node::Node;
+
+/// Why a replicated operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QuorumError {
+    /// The layout assigns no node to the partition (no layout applied yet).
+    #[error("no node stores partition {0}: apply a layout first")]
+    NoLayout(u8),
+    /// Too few nodes acknowledged the write durably; it may still reach some replicas, and
+    /// anti-entropy will spread it, but it was not acknowledged.
+    #[error("write quorum not reached: {acks} of {needed} acknowledgements; errors: {errors:?}")]
+    Write {
+        /// Durable acknowledgements received.
+        acks: usize,
+        /// Acknowledgements needed.
+        needed: usize,
+        /// What the others said.
+        errors: Vec<String>,
+    },
+    /// Too few nodes answered the read.
+    #[error("read quorum not reached: {answers} of {needed} answers; errors: {errors:?}")]
+    Read {
+        /// Answers received.
+        answers: usize,
+        /// Answers needed.
+        needed: usize,
+        /// What the others said.
+        errors: Vec<String>,
+    },
+    /// A replica returned an undecodable item.
+    #[error("undecodable item from a replica: {0}")]
+    Decode(String),
+}
+
+/// A table replicated over the cluster through `node`.
+pub struct Replicated<S: Schema, T: Transport> {
+    node: Node<T>,
+    write_quorum: usize,
+    read_quorum: usize,
+    _schema: std::marker::PhantomData<fn() -> S>,
+}
+
+impl<S: Schema, T: Transport> Replicated<S, T> {
+    /// Replication of `S` through `node`, with the given quorums (2 and 2 for 3 replicas).
+    pub fn new(node: Node<T>, write_quorum: usize, read_quorum: usize) -> Self {
+        Replicated {
+            node,
+            write_quorum,
+            read_quorum,
+            _schema: std::marker::PhantomData,
+        }
+    }
+
+    /// Merges `entry` on its partition's nodes; returns once `write_quorum` of them have it
+    /// durably. The other writes continue in the background.
+    pub async fn insert(&self, entry: &S::Entry) -> Result<(), QuorumError> {
+        let bytes = entry
+            .encode()
+            .map_err(|e| QuorumError::Decode(e.to_string()))?;
+        let key = Table::<S>::key_of(entry);
+        let nodes = self.node.layout().nodes_of(key[0]).to_vec();
+        if nodes.is_empty() {
+            return Err(QuorumError::NoLayout(key[0]));
+        }
+        let needed = self.write_quorum.min(nodes.len());
+        let (tx, mut rx) = mpsc::channel(nodes.len());
+        for n in &nodes {
+            let (node, tx, n, bytes) = (self.node.clone(), tx.clone(), *n, bytes.clone());
+            tokio::spawn(async move {
+                let r = node.write_to(n, S::TABLE_NAME, vec![bytes]).await;
+                let _ = tx.send(r).await;
+            });
+        }
+        drop(tx);
+        let (mut acks, mut errors) = (0, Vec::new());
+        while let Some(r) = rx.recv().await {
+            match r {
+                Ok(()) => acks += 1,
+                Err(e) => errors.push(e),
+            }
+            if acks >= needed {
+                return Ok(());
+            }
+            if errors.len() > nodes.len() - needed {
+                break;
+            }
+        }
+        Err(QuorumError::Write {
+            acks,
+            needed,
+            errors,
+        })
+    }
+
+    /// Reads the item from `read_quorum` of its partition's nodes and returns their merge;
+    /// replicas that answered with less are sent the merge in the background.
+    pub async fn get(
+        &self,
+        partition_key: &S::PartitionKey,
+        sort_key: &S::SortKey,
+    ) -> Result<Option<S::Entry>, QuorumError> {
+        let key = engine_key(partition_key, sort_key);
+        let nodes = self.node.layout().nodes_of(key[0]).to_vec();
+        if nodes.is_empty() {
+            return Err(QuorumError::NoLayout(key[0]));
+        }
+        let needed = self.read_quorum.min(nodes.len());
+        let (tx, mut rx) = mpsc::channel(nodes.len());
+        for n in &nodes {
+            let (node, tx, n, key) = (self.node.clone(), tx.clone(), *n, key.clone());
+            tokio::spawn(async move {
+                let r = node.read_from(n, S::TABLE_NAME, key).await;
+                let _ = tx.send((n, r)).await;
+            });
+        }
+        drop(tx);
+        let mut answers: Vec<(shoal_net::NodeId, Option<Vec<u8>>)> = Vec::new();
+        let mut errors = Vec::new();
+        while let Some((n, r)) = rx.recv().await {
+            match r {
+                Ok(v) => answers.push((n, v)),
+                Err(e) => errors.push(e),
+            }
+            if answers.len() >= needed || errors.len() > nodes.len() - needed {
+                break;
+            }
+        }
+        if answers.len() < needed {
+            return Err(QuorumError::Read {
+                answers: answers.len(),
+                needed,
+                errors,
+            });
+        }
+        let mut merged: Option<S::Entry> = None;
+        for (_, v) in &answers {
+            if let Some(bytes) = v {
+                let e = S::Entry::decode(bytes).map_err(|e| QuorumError::Decode(e.to_string()))?;
+                match merged.as_mut() {
+                    Some(m) => m.merge(&e),
+                    None => merged = Some(e),
+                }
+            }
+        }
+        if let Some(m) = &merged {
+            let bytes = m.encode().map_err(|e| QuorumError::Decode(e.to_string()))?;
+            for (n, v) in answers {
+                if v.as_deref() != Some(bytes.as_slice()) {
+                    let (node, bytes) = (self.node.clone(), bytes.clone());
+                    tokio::spawn(async move {
+                        let _ = node.write_to(n, S::TABLE_NAME, vec![bytes]).await;
+                    });
+                }
+            }
+        }
+        Ok(merged)
+    }
+}
