@@ -16,7 +16,7 @@ use shoal_sync::protocol::Message;
 use shoal_sync::session::{Replica, Session, SyncError};
 use tracing::{debug, info, warn};
 
-use crate::layout::Layout;
+use crate::layout::{Layout, NodeRole};
 
 /// A table as the node serves it to peers, whatever its schema: replicas of its partitions for
 /// sync, and encoded items for replication. Methods may block on storage: the node calls them
@@ -59,6 +59,53 @@ impl<S: shoal_table::Schema> SyncTable
     }
 }
 
+const SYSTEM_TREE: &str = "system~node";
+const LAYOUT_KEY: &[u8] = b"layout";
+const STAGED_KEY: &[u8] = b"staged";
+
+/// Layout changes staged on a node, applied together: node → new role (`None` removes it).
+pub type Staged = BTreeMap<NodeId, Option<NodeRole>>;
+
+/// A node as `shoal status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub id: NodeId,
+    /// Where it listens.
+    pub addr: String,
+    /// Its zone in the layout, if it has a role.
+    pub zone: Option<String>,
+    /// Its capacity (`None`: gateway or no role).
+    pub capacity: Option<u64>,
+    /// Whether it answers (always true for the node answering).
+    pub up: bool,
+    /// Partitions it stores in the current layout.
+    pub partitions: usize,
+}
+
+/// The cluster as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The node answering.
+    pub node: NodeId,
+    /// Its layout version.
+    pub layout_version: u64,
+    /// Every node known, this one first.
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// The layout, what is staged, and what applying it would do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayoutReport {
+    /// The applied layout.
+    pub current: Layout,
+    /// Staged changes.
+    pub staged: Vec<(NodeId, Option<NodeRole>)>,
+    /// The layout applying the staged changes would give, and how many replicas it moves; or
+    /// why it cannot be applied.
+    pub preview: Result<(Layout, usize), String>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct TableWrite {
     table: String,
@@ -84,6 +131,9 @@ pub struct NodeConfig {
     pub down_after: u32,
     /// Network tunables.
     pub net: NetConfig,
+    /// Where the node keeps its own state (the applied layout, staged changes) across
+    /// restarts; `None` keeps it in memory only.
+    pub system_store: Option<shoal_storage::Store>,
 }
 
 impl Default for NodeConfig {
@@ -94,6 +144,7 @@ impl Default for NodeConfig {
             heartbeat: Duration::from_secs(1),
             down_after: 3,
             net: NetConfig::default(),
+            system_store: None,
         }
     }
 }
@@ -136,6 +187,7 @@ struct State<T: Transport> {
     layout: RwLock<Layout>,
     peers: Mutex<BTreeMap<NodeId, PeerStatus>>,
     tables: RwLock<HashMap<String, Arc<dyn SyncTable>>>,
+    staged: Mutex<Staged>,
     responders: Mutex<HashMap<(NodeId, u64), Responder>>,
     next_session: std::sync::atomic::AtomicU64,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -210,6 +262,18 @@ impl<T: Transport> Node<T> {
         layout: Layout,
     ) -> std::io::Result<Self> {
         let id = key.node_id();
+        let (mut layout, staged) = match &config.system_store {
+            Some(store) => {
+                let (persisted, staged) = Self::load_persisted(store);
+                let mut l = layout;
+                if let Some(p) = persisted {
+                    l.merge(&p);
+                }
+                (l, staged)
+            }
+            None => (layout, Staged::new()),
+        };
+        layout.replication_factor = layout.replication_factor.max(1);
         let state = Arc::new_cyclic(|weak: &std::sync::Weak<State<T>>| {
             let net = Network::new(
                 key,
@@ -228,6 +292,7 @@ impl<T: Transport> Node<T> {
                 layout: RwLock::new(layout),
                 peers: Mutex::new(BTreeMap::new()),
                 tables: RwLock::new(HashMap::new()),
+                staged: Mutex::new(staged.clone()),
                 responders: Mutex::new(HashMap::new()),
                 next_session: std::sync::atomic::AtomicU64::new(1),
                 tasks: Mutex::new(Vec::new()),
@@ -284,7 +349,7 @@ impl<T: Transport> Node<T> {
 
     /// Adopts `layout` if newer and pushes it to every known peer.
     pub async fn set_layout(&self, layout: Layout) {
-        self.merge_layout(&layout);
+        self.merge_layout(&layout).await;
         let body = encode(&self.layout());
         for p in self.peers() {
             if let Err(e) = self.net().call(p.id, "layout.push", body.clone()).await {
@@ -293,11 +358,47 @@ impl<T: Transport> Node<T> {
         }
     }
 
-    fn merge_layout(&self, other: &Layout) -> bool {
-        let mut l = self.state.layout.write().unwrap_or_else(|p| p.into_inner());
-        let before = l.version;
-        l.merge(other);
-        l.version != before
+    /// Adopts `other` if it is newer, and persists it; returns whether it was adopted.
+    async fn merge_layout(&self, other: &Layout) -> bool {
+        let adopted = {
+            let mut l = self.state.layout.write().unwrap_or_else(|p| p.into_inner());
+            let before = l.clone();
+            l.merge(other);
+            *l != before
+        };
+        if adopted {
+            self.persist(LAYOUT_KEY, &self.layout()).await;
+        }
+        adopted
+    }
+
+    async fn persist<V: Serialize>(&self, key: &'static [u8], value: &V) {
+        let Some(store) = &self.state.config.system_store else {
+            return;
+        };
+        let bytes = encode(value);
+        let r = store
+            .transact_async(move |tx| tx.put(SYSTEM_TREE, key, &bytes))
+            .await;
+        if let Err(e) = r {
+            warn!(error = %e, "cannot persist node state");
+        }
+    }
+
+    /// The layout and staged changes persisted by an earlier run, if any.
+    pub fn load_persisted(store: &shoal_storage::Store) -> (Option<Layout>, Staged) {
+        let layout = store
+            .get(SYSTEM_TREE, LAYOUT_KEY)
+            .ok()
+            .flatten()
+            .and_then(|b| rmp_serde::from_slice(&b).ok());
+        let staged = store
+            .get(SYSTEM_TREE, STAGED_KEY)
+            .ok()
+            .flatten()
+            .and_then(|b| rmp_serde::from_slice(&b).ok())
+            .unwrap_or_default();
+        (layout, staged)
     }
 
     /// The registered table `name`.
@@ -369,6 +470,63 @@ impl<T: Transport> Node<T> {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(table.name().to_string(), table);
+    }
+
+    /// The cluster as this node sees it.
+    pub fn status(&self) -> ClusterStatus {
+        let layout = self.layout();
+        let describe = |id: NodeId, addr: String, up: bool| {
+            let role = layout.roles.get(&id);
+            NodeStatus {
+                id,
+                addr,
+                zone: role.map(|r| r.zone.clone()),
+                capacity: role.and_then(|r| r.capacity),
+                up,
+                partitions: layout.partitions_of(id).len(),
+            }
+        };
+        let mut nodes = vec![describe(self.id(), self.public_addr(), true)];
+        for p in self.peers() {
+            nodes.push(describe(p.id, p.addr, p.up));
+        }
+        ClusterStatus {
+            node: self.id(),
+            layout_version: layout.version,
+            nodes,
+        }
+    }
+
+    /// The layout, the staged changes, and what applying them would do.
+    pub fn layout_report(&self) -> LayoutReport {
+        let current = self.layout();
+        let staged: Staged = self
+            .state
+            .staged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut roles = current.roles.clone();
+        for (n, r) in &staged {
+            match r {
+                Some(r) => {
+                    roles.insert(*n, r.clone());
+                }
+                None => {
+                    roles.remove(n);
+                }
+            }
+        }
+        let preview = if staged.is_empty() {
+            Err("nothing staged".to_string())
+        } else {
+            current.apply(roles).map_err(|e| e.to_string())
+        };
+        LayoutReport {
+            current,
+            staged: staged.into_iter().collect(),
+            preview,
+        }
     }
 
     /// Every peer heard of, with its state.
@@ -458,7 +616,7 @@ impl<T: Transport> Node<T> {
         match self.net().call(peer, "layout.get", Vec::new()).await {
             Ok(b) => match decode::<Layout>(&b) {
                 Ok(l) => {
-                    if self.merge_layout(&l) {
+                    if self.merge_layout(&l).await {
                         info!(version = l.version, "adopted a newer layout");
                     }
                 }
@@ -527,8 +685,31 @@ impl<T: Transport> Node<T> {
             "layout.get" => Ok(encode(&self.layout())),
             "layout.push" => {
                 let l: Layout = decode(&body)?;
-                self.merge_layout(&l);
+                self.merge_layout(&l).await;
                 Ok(Vec::new())
+            }
+            "admin.status" => Ok(encode(&self.status())),
+            "admin.layout" => Ok(encode(&self.layout_report())),
+            "admin.stage" => {
+                let (node, role): (NodeId, Option<NodeRole>) = decode(&body)?;
+                let staged = {
+                    let mut s = self.state.staged.lock().unwrap_or_else(|p| p.into_inner());
+                    s.insert(node, role);
+                    s.clone()
+                };
+                self.persist(STAGED_KEY, &staged).await;
+                Ok(encode(&self.layout_report()))
+            }
+            "admin.apply" => {
+                let (next, _) = self.layout_report().preview?;
+                self.set_layout(next).await;
+                self.state
+                    .staged
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+                self.persist(STAGED_KEY, &Staged::new()).await;
+                Ok(encode(&self.layout_report()))
             }
             "sync" => self.serve_sync(from, body).await,
             "table.write" => {

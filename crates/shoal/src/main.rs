@@ -1,25 +1,72 @@
 //! The `shoal` binary: parses the command line and wires Shoal's library crates together. No
 //! storage or replication logic lives here.
 
+mod cli;
+mod client;
+mod config;
 mod demo;
+mod dev;
 mod index;
+mod server;
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use shoal_cluster::layout::NodeRole;
 
 /// Shoal: a replicated table store whose replicas find their differences and converge.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// The node's configuration file (for `server` and the operator commands).
+    #[arg(short = 'c', long = "config", global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a node.
+    Server {
+        /// Stop when standard input closes (used by `shoal dev`).
+        #[arg(long, hide = true)]
+        exit_with_stdin: bool,
+    },
+    /// Start a local cluster of N nodes on 127.0.0.1 and apply a layout.
+    Dev {
+        /// Where the nodes keep their data and configuration.
+        #[arg(long, default_value = "./shoal-dev")]
+        dir: PathBuf,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// RPC port of the first node; the others follow.
+        #[arg(long, default_value_t = 3901)]
+        base_port: u16,
+        /// Stop when standard input closes (for tests).
+        #[arg(long, hide = true)]
+        exit_with_stdin: bool,
+    },
+    /// The cluster as the node sees it: nodes, up or down, zones, layout version.
+    Status {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// This node's id.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
+    /// Stage, show and apply layout changes.
+    Layout {
+        #[command(subcommand)]
+        action: LayoutAction,
+    },
     /// Demonstrate tables on the embedded engine: CRDT merges, ranges, tombstones, two replicas
-    /// converging, durability across runs.
+    /// converging through one sync session, durability across runs.
     Demo {
         /// Directory holding the demo's stores (created if missing; reused by later runs).
         #[arg(long, default_value = "./shoal-demo")]
@@ -32,6 +79,46 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Print `id@address`.
+    Id,
+}
+
+#[derive(Subcommand)]
+enum LayoutAction {
+    /// The applied layout, the staged changes, and how many partitions applying them moves.
+    Show,
+    /// Stage a role for a node (id or id prefix).
+    Assign {
+        /// The node.
+        node: String,
+        /// Its zone.
+        #[arg(long)]
+        zone: String,
+        /// Its relative capacity.
+        #[arg(long, conflicts_with = "gateway")]
+        capacity: Option<u64>,
+        /// A gateway: stores nothing.
+        #[arg(long)]
+        gateway: bool,
+    },
+    /// Stage the removal of a node.
+    Remove {
+        /// The node.
+        node: String,
+    },
+    /// Apply the staged changes as the next layout version.
+    Apply,
+}
+
+fn config(path: &Option<PathBuf>) -> anyhow::Result<config::Config> {
+    let path = path
+        .as_ref()
+        .context("this command needs the node's configuration: -c PATH/shoal.toml")?;
+    config::Config::load(path)
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -40,8 +127,57 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")
+    };
+    match cli.command {
         Command::Demo { dir } => demo::run(&dir),
         Command::Index { action } => index::run(action),
+        Command::Server { exit_with_stdin } => {
+            let c = config(&cli.config)?;
+            rt()?.block_on(server::run(c, exit_with_stdin))
+        }
+        Command::Dev {
+            dir,
+            nodes,
+            base_port,
+            exit_with_stdin,
+        } => rt()?.block_on(dev::run(dir, nodes, base_port, exit_with_stdin)),
+        Command::Status { json } => {
+            let c = config(&cli.config)?;
+            rt()?.block_on(cli::status(&c, json))
+        }
+        Command::Node {
+            action: NodeAction::Id,
+        } => cli::node_id(&config(&cli.config)?),
+        Command::Layout { action } => {
+            let c = config(&cli.config)?;
+            let rt = rt()?;
+            match action {
+                LayoutAction::Show => rt.block_on(cli::layout_show(&c)),
+                LayoutAction::Assign {
+                    node,
+                    zone,
+                    capacity,
+                    gateway,
+                } => {
+                    let role = NodeRole {
+                        zone,
+                        capacity: if gateway {
+                            None
+                        } else {
+                            Some(capacity.unwrap_or(1))
+                        },
+                    };
+                    rt.block_on(cli::layout_stage(&c, &node, Some(role)))
+                }
+                LayoutAction::Remove { node } => rt.block_on(cli::layout_stage(&c, &node, None)),
+                LayoutAction::Apply => rt.block_on(cli::layout_apply(&c)),
+            }
+        }
     }
 }

@@ -1,0 +1,172 @@
+//! Operator commands: `status`, `node id`, `layout show|assign|remove|apply`.
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use shoal_cluster::layout::NodeRole;
+use shoal_cluster::node::{ClusterStatus, LayoutReport};
+use shoal_net::{NodeId, NodeKey};
+
+use crate::client::AdminClient;
+use crate::config::Config;
+
+#[derive(Serialize)]
+struct NodeView {
+    id: String,
+    addr: String,
+    zone: Option<String>,
+    capacity: Option<u64>,
+    up: bool,
+    partitions: usize,
+}
+
+#[derive(Serialize)]
+struct StatusView {
+    node: String,
+    layout_version: u64,
+    nodes: Vec<NodeView>,
+}
+
+fn view(s: &ClusterStatus) -> StatusView {
+    StatusView {
+        node: s.node.to_string(),
+        layout_version: s.layout_version,
+        nodes: s
+            .nodes
+            .iter()
+            .map(|n| NodeView {
+                id: n.id.to_string(),
+                addr: n.addr.clone(),
+                zone: n.zone.clone(),
+                capacity: n.capacity,
+                up: n.up,
+                partitions: n.partitions,
+            })
+            .collect(),
+    }
+}
+
+/// `shoal node id`.
+pub fn node_id(config: &Config) -> anyhow::Result<()> {
+    let key = NodeKey::load_or_create(&config.data_dir)?;
+    println!("{}@{}", key.node_id(), config.public_addr());
+    Ok(())
+}
+
+/// `shoal status`.
+pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let client = AdminClient::connect(config).await?;
+    let s: ClusterStatus = client.call("admin.status", Vec::new()).await?;
+    let v = view(&s);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("layout version {}", v.layout_version);
+    println!(
+        "{:<18} {:<22} {:<10} {:>8} {:<5} {:>10}",
+        "ID", "ADDRESS", "ZONE", "CAPACITY", "UP", "PARTITIONS"
+    );
+    for n in &v.nodes {
+        println!(
+            "{:<18} {:<22} {:<10} {:>8} {:<5} {:>10}",
+            &n.id[..16],
+            n.addr,
+            n.zone.as_deref().unwrap_or("-"),
+            n.capacity.map_or("gateway".to_string(), |c| c.to_string()),
+            if n.up { "up" } else { "DOWN" },
+            n.partitions
+        );
+    }
+    Ok(())
+}
+
+/// Finds the node whose hex id starts with `prefix` among the nodes `client`'s node knows.
+async fn resolve(client: &AdminClient, prefix: &str) -> anyhow::Result<NodeId> {
+    let s: ClusterStatus = client.call("admin.status", Vec::new()).await?;
+    let matches: Vec<NodeId> = s
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|id| id.to_string().starts_with(&prefix.to_lowercase()))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(*one),
+        [] => bail!("no known node id starts with {prefix:?}"),
+        _ => bail!(
+            "{prefix:?} matches {} nodes; give more digits",
+            matches.len()
+        ),
+    }
+}
+
+fn print_report(r: &LayoutReport) {
+    println!(
+        "applied layout: version {}, replication factor {}",
+        r.current.version, r.current.replication_factor
+    );
+    for (id, role) in &r.current.roles {
+        println!(
+            "  {}  zone {:<10} {}  {} partitions",
+            &id.to_string()[..16],
+            role.zone,
+            role.capacity
+                .map_or("gateway".into(), |c| format!("capacity {c}")),
+            r.current.partitions_of(*id).len()
+        );
+    }
+    if r.staged.is_empty() {
+        println!("no staged changes");
+        return;
+    }
+    println!("staged changes:");
+    for (id, role) in &r.staged {
+        match role {
+            Some(role) => println!(
+                "  {}  -> zone {} {}",
+                &id.to_string()[..16],
+                role.zone,
+                role.capacity
+                    .map_or("gateway".into(), |c| format!("capacity {c}"))
+            ),
+            None => println!("  {}  -> removed", &id.to_string()[..16]),
+        }
+    }
+    match &r.preview {
+        Ok((next, moved)) => println!(
+            "applying gives version {} and moves {moved} partition replicas (of {})",
+            next.version,
+            next.assignment.iter().map(Vec::len).sum::<usize>()
+        ),
+        Err(e) => println!("cannot apply: {e}"),
+    }
+}
+
+/// `shoal layout show`.
+pub async fn layout_show(config: &Config) -> anyhow::Result<()> {
+    let client = AdminClient::connect(config).await?;
+    let r: LayoutReport = client.call("admin.layout", Vec::new()).await?;
+    print_report(&r);
+    Ok(())
+}
+
+/// `shoal layout assign|remove`.
+pub async fn layout_stage(
+    config: &Config,
+    node: &str,
+    role: Option<NodeRole>,
+) -> anyhow::Result<()> {
+    let client = AdminClient::connect(config).await?;
+    let id = resolve(&client, node).await?;
+    let body = rmp_serde::to_vec_named(&(id, role)).context("encoding")?;
+    let r: LayoutReport = client.call("admin.stage", body).await?;
+    print_report(&r);
+    Ok(())
+}
+
+/// `shoal layout apply`.
+pub async fn layout_apply(config: &Config) -> anyhow::Result<()> {
+    let client = AdminClient::connect(config).await?;
+    let r: LayoutReport = client.call("admin.apply", Vec::new()).await?;
+    println!("applied layout version {}", r.current.version);
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! The node's configuration file (TOML). Unknown keys and bad values are errors that name them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// `shoal.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the node keeps its store and its key.
+    pub data_dir: PathBuf,
+    /// Address the node listens on for other nodes.
+    pub rpc_bind_addr: String,
+    /// Address other nodes reach it at (default: `rpc_bind_addr`).
+    #[serde(default)]
+    pub rpc_public_addr: Option<String>,
+    /// The cluster secret: 64 hex digits, the same on every node.
+    pub rpc_secret: String,
+    /// Other nodes to contact at start.
+    #[serde(default)]
+    pub bootstrap_peers: Vec<String>,
+    /// Replicas of each partition.
+    #[serde(default = "default_rf")]
+    pub replication_factor: usize,
+    /// Milliseconds between heartbeats.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_ms: u64,
+}
+
+fn default_rf() -> usize {
+    3
+}
+
+fn default_heartbeat() -> u64 {
+    1000
+}
+
+impl Config {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
+        config
+            .check()
+            .with_context(|| format!("in {}", path.display()))?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        shoal_net::ClusterSecret::from_hex(&self.rpc_secret).context("rpc_secret")?;
+        for (name, addr) in [
+            ("rpc_bind_addr", Some(&self.rpc_bind_addr)),
+            ("rpc_public_addr", self.rpc_public_addr.as_ref()),
+        ] {
+            if let Some(a) = addr {
+                a.parse::<SocketAddr>().with_context(|| {
+                    format!("{name} = {a:?} is not an address like 127.0.0.1:3901")
+                })?;
+            }
+        }
+        for a in &self.bootstrap_peers {
+            a.parse::<SocketAddr>()
+                .with_context(|| format!("bootstrap_peers: {a:?} is not an address"))?;
+        }
+        if self.replication_factor == 0 {
+            bail!("replication_factor must be at least 1");
+        }
+        if self.heartbeat_ms == 0 {
+            bail!("heartbeat_ms must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The address other nodes (and the CLI) reach this node at.
+    pub fn public_addr(&self) -> &str {
+        self.rpc_public_addr
+            .as_deref()
+            .unwrap_or(&self.rpc_bind_addr)
+    }
+
+    /// The cluster secret.
+    pub fn secret(&self) -> shoal_net::ClusterSecret {
+        shoal_net::ClusterSecret::from_hex(&self.rpc_secret).expect("checked at load")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, s)?;
+        Config::load(&p)
+    }
+
+    const GOOD: &str = r#"
+data_dir = "/tmp/x"
+rpc_bind_addr = "127.0.0.1:3901"
+rpc_secret = "0000000000000000000000000000000000000000000000000000000000000001"
+"#;
+
+    #[test]
+    fn good_config_loads_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.replication_factor, 3);
+        assert_eq!(c.public_addr(), "127.0.0.1:3901");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = format!(
+            "{:#}",
+            parse(&format!("{GOOD}\nreplication = 2\n")).unwrap_err()
+        );
+        assert!(e.contains("replication"), "{e}");
+        let e = format!("{:#}", parse(&GOOD.replace("0001\"", "01\"")).unwrap_err());
+        assert!(e.contains("rpc_secret"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse(&GOOD.replace("127.0.0.1:3901", "nowhere")).unwrap_err()
+        );
+        assert!(e.contains("rpc_bind_addr"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse(&format!("{GOOD}\nreplication_factor = 0\n")).unwrap_err()
+        );
+        assert!(e.contains("replication_factor"), "{e}");
+    }
+}

@@ -1,0 +1,173 @@
+//! `shoal dev`: a local cluster of real `shoal server` processes on 127.0.0.1.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use shoal_cluster::layout::NodeRole;
+use shoal_cluster::node::{ClusterStatus, LayoutReport};
+use tokio::io::AsyncReadExt;
+
+use crate::client::AdminClient;
+use crate::config::Config;
+
+fn secret(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("rpc_secret");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Ok(s.trim().to_string()),
+        Err(_) => {
+            let bytes: [u8; 32] = rand::random();
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::write(&path, &hex).with_context(|| format!("writing {}", path.display()))?;
+            Ok(hex)
+        }
+    }
+}
+
+/// Writes each node's configuration, starts the nodes, applies a layout, and waits.
+pub async fn run(
+    dir: PathBuf,
+    nodes: usize,
+    base_port: u16,
+    exit_with_stdin: bool,
+) -> anyhow::Result<()> {
+    if nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let secret = secret(&dir)?;
+    let addr = |k: usize| format!("127.0.0.1:{}", base_port as usize + k);
+    let mut configs = Vec::new();
+    for k in 0..nodes {
+        let node_dir = dir.join(format!("node{}", k + 1));
+        std::fs::create_dir_all(&node_dir)?;
+        let config = Config {
+            data_dir: node_dir.clone(),
+            rpc_bind_addr: addr(k),
+            rpc_public_addr: None,
+            rpc_secret: secret.clone(),
+            bootstrap_peers: (0..nodes).filter(|&j| j != k).map(addr).collect(),
+            replication_factor: nodes.min(3),
+            heartbeat_ms: 500,
+        };
+        let path = node_dir.join("shoal.toml");
+        std::fs::write(&path, toml::to_string(&config)?)?;
+        configs.push((path, config));
+    }
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for (path, config) in &configs {
+        let log = std::fs::File::create(config.data_dir.join("node.log"))?;
+        let child = tokio::process::Command::new(&exe)
+            .arg("server")
+            .arg("-c")
+            .arg(path)
+            .arg("--exit-with-stdin")
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting the node of {}", path.display()))?;
+        children.push(child);
+    }
+    let first = &configs[0].1;
+    let status = wait_for_cluster(first, nodes).await?;
+    let report: LayoutReport = AdminClient::connect(first)
+        .await?
+        .call("admin.layout", Vec::new())
+        .await?;
+    let missing: Vec<_> = status
+        .nodes
+        .iter()
+        .filter(|n| !report.current.roles.contains_key(&n.id))
+        .collect();
+    if !missing.is_empty() {
+        let client = AdminClient::connect(first).await?;
+        for (i, n) in status.nodes.iter().enumerate() {
+            let role = NodeRole {
+                zone: format!("dc{}", i + 1),
+                capacity: Some(1),
+            };
+            let body = rmp_serde::to_vec_named(&(n.id, Some(role)))?;
+            let _: LayoutReport = client.call("admin.stage", body).await?;
+        }
+        let r: LayoutReport = client.call("admin.apply", Vec::new()).await?;
+        println!(
+            "applied layout version {} over {} nodes",
+            r.current.version, nodes
+        );
+    } else {
+        println!(
+            "layout version {} already covers the {} nodes",
+            report.current.version, nodes
+        );
+    }
+    println!(
+        "Shoal dev cluster of {nodes} nodes ready in {}",
+        dir.display()
+    );
+    println!("Point the CLI at any node, for instance:");
+    println!("  shoal -c {} status", configs[0].0.display());
+    println!(
+        "  (through cargo: cargo run --release -p shoal -- -c {} status)",
+        configs[0].0.display()
+    );
+    println!(
+        "Logs: {}/nodeK/node.log. Ctrl-C stops the cluster; running again reuses the data.",
+        dir.display()
+    );
+
+    let stdin_closed = async {
+        if exit_with_stdin {
+            let mut buf = [0u8; 64];
+            let mut stdin = tokio::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = stdin_closed => {}
+    }
+    println!("stopping the cluster");
+    for c in &mut children {
+        // Closing a node's standard input asks it to shut down cleanly.
+        c.stdin.take();
+    }
+    for c in &mut children {
+        if tokio::time::timeout(Duration::from_secs(10), c.wait())
+            .await
+            .is_err()
+        {
+            let _ = c.kill().await;
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_cluster(first: &Config, nodes: usize) -> anyhow::Result<ClusterStatus> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(client) = AdminClient::connect(first).await
+            && let Ok(s) = client
+                .call::<ClusterStatus>("admin.status", Vec::new())
+                .await
+            && s.nodes.len() >= nodes
+            && s.nodes.iter().all(|n| n.up)
+        {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!("the {nodes} nodes did not all come up within 30 s; see their node.log files");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,66 @@
+//! `shoal server`: run one node until interrupted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use shoal_cluster::layout::Layout;
+use shoal_cluster::node::{Node, NodeConfig};
+use shoal_net::{NodeKey, TcpTransport};
+use shoal_storage::Store;
+use tokio::io::AsyncReadExt;
+
+use crate::config::Config;
+
+/// Starts the node described by `config` and serves until Ctrl-C, SIGTERM, or (with
+/// `exit_with_stdin`) the end of standard input, which is how `shoal dev` ties its nodes' lives
+/// to its own.
+pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let key = NodeKey::load_or_create(&config.data_dir)?;
+    let store = Store::open(config.data_dir.join("db.redb"))?;
+    let node_config = NodeConfig {
+        public_addr: config.public_addr().to_string(),
+        bootstrap: config.bootstrap_peers.clone(),
+        heartbeat: Duration::from_millis(config.heartbeat_ms),
+        system_store: Some(store.clone()),
+        ..NodeConfig::default()
+    };
+    let node = Node::start(
+        key,
+        config.secret(),
+        TcpTransport,
+        &config.rpc_bind_addr,
+        node_config,
+        Layout::empty(config.replication_factor),
+    )
+    .await
+    .with_context(|| format!("listening on {}", config.rpc_bind_addr))?;
+    tracing::info!(id = %node.id(), addr = %config.public_addr(), "shoal node running");
+    println!("node {} listening on {}", node.id(), config.public_addr());
+    let _keep = Arc::new(store);
+
+    let stdin_closed = async {
+        if exit_with_stdin {
+            let mut buf = [0u8; 64];
+            let mut stdin = tokio::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = stdin_closed => {}
+    }
+    tracing::info!("shutting down");
+    node.shutdown();
+    Ok(())
+}
