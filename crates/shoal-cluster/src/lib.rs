@@ -13,3 +13,4 @@
 pub mod layout;
 pub mod node;
 pub mod replication;
+pub mod worklist;

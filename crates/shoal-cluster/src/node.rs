@@ -30,6 +30,12 @@ pub trait SyncTable: Send + Sync + 'static {
     fn merge_encoded(&self, items: Vec<Vec<u8>>) -> Result<usize, String>;
     /// The encoded item under an engine key.
     fn get_encoded(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
+    /// Whether this node holds any item of partition `p`.
+    fn has_data(&self, p: u8) -> Result<bool, String>;
+    /// Every (engine key, encoded item) of partition `p`.
+    fn scan_partition(&self, p: u8) -> Result<shoal_storage::Entries, String>;
+    /// Removes the items still stored exactly as given; returns how many were removed.
+    fn delete_if_unchanged(&self, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<usize, String>;
 }
 
 impl<S: shoal_table::Schema> SyncTable
@@ -57,6 +63,67 @@ impl<S: shoal_table::Schema> SyncTable
     fn get_encoded(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
         self.0.get_raw(key).map_err(|e| e.to_string())
     }
+
+    fn has_data(&self, p: u8) -> Result<bool, String> {
+        Ok(!self
+            .0
+            .scan_raw(&shoal_sync::index::partition_range(p), 1)
+            .map_err(|e| e.to_string())?
+            .is_empty())
+    }
+
+    fn scan_partition(&self, p: u8) -> Result<shoal_storage::Entries, String> {
+        self.0
+            .scan_raw(&shoal_sync::index::partition_range(p), usize::MAX)
+            .map_err(|e| e.to_string())
+    }
+
+    fn delete_if_unchanged(&self, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<usize, String> {
+        self.0
+            .delete_many_if_equal(items)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// How a table's background syncer behaves.
+#[derive(Debug, Clone)]
+pub struct SyncerConfig {
+    /// Delay before the first full scan after start.
+    pub start_delay: Duration,
+    /// A full scan happens again after this long without work.
+    pub scan_interval: Duration,
+    /// Write quorum: a partition sync fails if more than `replicas − write_quorum` peers fail.
+    pub write_quorum: usize,
+    /// Seed of the random order in which partitions are taken.
+    pub seed: u64,
+}
+
+impl Default for SyncerConfig {
+    fn default() -> Self {
+        SyncerConfig {
+            start_delay: Duration::from_secs(20),
+            scan_interval: Duration::from_secs(12 * 3600),
+            write_quorum: 2,
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// Counters of a table's background syncer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncerStats {
+    /// Partitions waiting.
+    pub queued: u64,
+    /// Partition syncs completed.
+    pub synced: u64,
+    /// Partitions offloaded.
+    pub offloaded: u64,
+    /// Failed partition syncs or offloads.
+    pub errors: u64,
+    /// Items received by this node's sessions.
+    pub items_received: u64,
+    /// Items sent by this node's sessions.
+    pub items_sent: u64,
 }
 
 const SYSTEM_TREE: &str = "system~node";
@@ -191,6 +258,9 @@ struct State<T: Transport> {
     responders: Mutex<HashMap<(NodeId, u64), Responder>>,
     next_session: std::sync::atomic::AtomicU64,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    layout_tx: tokio::sync::watch::Sender<Layout>,
+    peer_up_tx: tokio::sync::broadcast::Sender<NodeId>,
+    syncer_stats: Mutex<HashMap<String, SyncerStats>>,
 }
 
 /// A running node. Cheap to clone.
@@ -289,13 +359,16 @@ impl<T: Transport> Node<T> {
                 config: config.clone(),
                 public_addr: RwLock::new(config.public_addr.clone()),
                 net: cell,
-                layout: RwLock::new(layout),
+                layout: RwLock::new(layout.clone()),
                 peers: Mutex::new(BTreeMap::new()),
                 tables: RwLock::new(HashMap::new()),
                 staged: Mutex::new(staged.clone()),
                 responders: Mutex::new(HashMap::new()),
                 next_session: std::sync::atomic::AtomicU64::new(1),
                 tasks: Mutex::new(Vec::new()),
+                layout_tx: tokio::sync::watch::channel(layout.clone()).0,
+                peer_up_tx: tokio::sync::broadcast::channel(64).0,
+                syncer_stats: Mutex::new(HashMap::new()),
             }
         });
         let node = Node { state };
@@ -367,7 +440,9 @@ impl<T: Transport> Node<T> {
             *l != before
         };
         if adopted {
-            self.persist(LAYOUT_KEY, &self.layout()).await;
+            let l = self.layout();
+            self.state.layout_tx.send_replace(l.clone());
+            self.persist(LAYOUT_KEY, &l).await;
         }
         adopted
     }
@@ -651,6 +726,8 @@ impl<T: Transport> Node<T> {
         if answered {
             if !p.up {
                 info!(peer = ?id, "peer up");
+                // Syncers queue what they share with it at once.
+                let _ = self.state.peer_up_tx.send(id);
             }
             p.up = true;
             p.missed = 0;
@@ -802,6 +879,27 @@ impl<T: Transport> Node<T> {
         table: &str,
         p: u8,
     ) -> Result<Transcript, PeerSyncError> {
+        self.session_with(peer, table, p, false).await
+    }
+
+    /// Sends `peer` the items of partition `p` of `table` that it lacks, asking nothing back
+    /// (offload).
+    pub async fn push_to(
+        &self,
+        peer: NodeId,
+        table: &str,
+        p: u8,
+    ) -> Result<Transcript, PeerSyncError> {
+        self.session_with(peer, table, p, true).await
+    }
+
+    async fn session_with(
+        &self,
+        peer: NodeId,
+        table: &str,
+        p: u8,
+        push_only: bool,
+    ) -> Result<Transcript, PeerSyncError> {
         let t = self
             .state
             .tables
@@ -817,7 +915,11 @@ impl<T: Transport> Node<T> {
         let replica = t.replica(p);
         let (mut session, mut replica, mut outgoing) =
             tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
-                let mut s = Session::initiate(&*replica)?;
+                let mut s = if push_only {
+                    Session::initiate_push_only(&*replica)?
+                } else {
+                    Session::initiate(&*replica)?
+                };
                 let mut out = Vec::new();
                 while let Some(m) = s.poll_send(&*replica)? {
                     out.push(m.encode());
@@ -868,5 +970,186 @@ impl<T: Transport> Node<T> {
                 ));
             }
         }
+    }
+}
+
+impl<T: Transport> Node<T> {
+    /// Starts the background syncer of table `table`: a full scan `start_delay` after start and
+    /// after `scan_interval` without work, the partitions whose nodes change with each layout,
+    /// and at once the partitions shared with a peer that comes (back) up. Partitions this node
+    /// stores are synced with all their other replicas; those it no longer stores are pushed to
+    /// their owners and deleted here if unchanged.
+    pub fn start_syncer(&self, table: &str, config: SyncerConfig) -> Result<(), String> {
+        let t = self.table(table)?;
+        let node = Arc::downgrade(&self.state);
+        let mut layout_rx = self.state.layout_tx.subscribe();
+        let mut peers_rx = self.state.peer_up_tx.subscribe();
+        let name = table.to_string();
+        let task = tokio::spawn(async move {
+            let mut work = crate::worklist::WorkList::new(config.seed);
+            let mut prev = layout_rx.borrow_and_update().clone();
+            let mut next_full = tokio::time::Instant::now() + config.start_delay;
+            loop {
+                let Some(state) = node.upgrade() else { return };
+                let me = Node { state };
+                if layout_rx.has_changed().unwrap_or(false) {
+                    let next = layout_rx.borrow_and_update().clone();
+                    let t2 = t.clone();
+                    work.layout_changed(&prev, &next, me.id(), |p| t2.has_data(p).unwrap_or(false));
+                    prev = next;
+                }
+                while let Ok(peer) = peers_rx.try_recv() {
+                    work.peer_up(&prev, me.id(), peer);
+                }
+                if tokio::time::Instant::now() >= next_full {
+                    let t2 = t.clone();
+                    let layout = prev.clone();
+                    let id = me.id();
+                    work = tokio::task::spawn_blocking(move || {
+                        work.full_scan(&layout, id, |p| t2.has_data(p).unwrap_or(false));
+                        work
+                    })
+                    .await
+                    .expect("full scan task");
+                    next_full = tokio::time::Instant::now() + config.scan_interval;
+                }
+                me.set_queued(&name, work.len());
+                if let Some(w) = work.pop() {
+                    next_full = tokio::time::Instant::now() + config.scan_interval;
+                    match me.process(&name, &t, w, config.write_quorum).await {
+                        Ok(true) => {}
+                        Ok(false) => work.push(w),
+                        Err(e) => {
+                            warn!(table = %name, partition = w.partition, error = %e, "partition sync failed");
+                            me.bump(&name, |s| s.errors += 1);
+                        }
+                    }
+                    continue;
+                }
+                drop(me);
+                tokio::select! {
+                    _ = layout_rx.changed() => {}
+                    r = peers_rx.recv() => {
+                        if let Ok(peer) = r
+                            && let Some(state) = node.upgrade()
+                        {
+                            let l = state.layout.read().unwrap_or_else(|p| p.into_inner()).clone();
+                            work.peer_up(&l, state.id, peer);
+                        }
+                    }
+                    _ = tokio::time::sleep_until(next_full) => {}
+                }
+            }
+        });
+        self.state
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+        Ok(())
+    }
+
+    /// Counters of every table's syncer.
+    pub fn syncer_stats(&self) -> HashMap<String, SyncerStats> {
+        self.state
+            .syncer_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn bump(&self, table: &str, f: impl FnOnce(&mut SyncerStats)) {
+        let mut all = self
+            .state
+            .syncer_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        f(all.entry(table.to_string()).or_default());
+    }
+
+    fn set_queued(&self, table: &str, n: usize) {
+        self.bump(table, |s| s.queued = n as u64);
+    }
+
+    /// One piece of work. `Ok(false)`: not finished, queue it again.
+    async fn process(
+        &self,
+        table: &str,
+        t: &Arc<dyn SyncTable>,
+        w: crate::worklist::Work,
+        write_quorum: usize,
+    ) -> Result<bool, String> {
+        let layout = self.layout();
+        let nodes = layout.nodes_of(w.partition).to_vec();
+        if nodes.contains(&self.id()) {
+            let others: Vec<NodeId> = nodes.into_iter().filter(|n| *n != self.id()).collect();
+            let mut set = tokio::task::JoinSet::new();
+            for peer in others.clone() {
+                let (me, table) = (self.clone(), table.to_string());
+                set.spawn(async move { me.sync_with(peer, &table, w.partition).await });
+            }
+            let mut errors = 0;
+            while let Some(r) = set.join_next().await {
+                match r {
+                    Ok(Ok(tr)) => self.bump(table, |s| {
+                        s.items_received += tr.a.items_received;
+                        s.items_sent += tr.a.items_sent;
+                    }),
+                    Ok(Err(e)) => {
+                        errors += 1;
+                        debug!(table, partition = w.partition, error = %e, "sync with a replica failed");
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        debug!(error = %e, "sync task failed");
+                    }
+                }
+            }
+            let tolerated = (others.len() + 1).saturating_sub(write_quorum);
+            if errors > tolerated {
+                return Err(format!(
+                    "{errors} of {} replicas failed (at most {tolerated} tolerated)",
+                    others.len()
+                ));
+            }
+            self.bump(table, |s| s.synced += 1);
+            return Ok(true);
+        }
+        // Offload: this node no longer stores the partition.
+        let t2 = t.clone();
+        let snapshot = tokio::task::spawn_blocking(move || t2.scan_partition(w.partition))
+            .await
+            .map_err(|e| e.to_string())??;
+        if snapshot.is_empty() {
+            return Ok(true);
+        }
+        if nodes.is_empty() {
+            return Err("no node stores the partition: nowhere to offload".into());
+        }
+        for owner in &nodes {
+            let tr = self
+                .push_to(*owner, table, w.partition)
+                .await
+                .map_err(|e| format!("offload to {owner:?}: {e}"))?;
+            self.bump(table, |s| s.items_sent += tr.a.items_sent);
+        }
+        // The partition may have become ours again meanwhile: then keep everything.
+        if self.layout().nodes_of(w.partition).contains(&self.id()) {
+            return Ok(true);
+        }
+        let t2 = t.clone();
+        let left = tokio::task::spawn_blocking(move || {
+            t2.delete_if_unchanged(snapshot)?;
+            t2.has_data(w.partition)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        if left {
+            // Written to while we offloaded: go round again.
+            return Ok(false);
+        }
+        info!(table, partition = w.partition, "partition offloaded");
+        self.bump(table, |s| s.offloaded += 1);
+        Ok(true)
     }
 }

@@ -247,3 +247,80 @@ async fn quorum_writes_reads_repairs_and_refuses_without_quorum() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_syncers_spread_items_to_their_owners_and_offload_the_rest() {
+    use shoal_cluster::node::SyncerConfig;
+    let secret = ClusterSecret::from_bytes([5; 32]);
+    let a = start(&secret, vec![]).await;
+    let seed = vec![a.node.public_addr()];
+    let b = start(&secret, seed.clone()).await;
+    let c = start(&secret, seed).await;
+    for n in [&a, &b, &c] {
+        wait_until("all peers are up", || up_peers(&n.node) == 2).await;
+    }
+    let roles = [&a, &b, &c]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                n.node.id(),
+                NodeRole {
+                    zone: format!("z{i}"),
+                    capacity: Some(1),
+                },
+            )
+        })
+        .collect();
+    // Two replicas of each partition over three nodes: every node stores about 2/3 of them.
+    let (layout, _) = Layout::empty(2).apply(roles).unwrap();
+    a.node.set_layout(layout.clone()).await;
+    for n in [&b, &c] {
+        wait_until("the layout arrives", || n.node.layout().version == 1).await;
+    }
+    // 300 items written on A alone, in every partition (some A does not store).
+    let items: Vec<Kv> = (0..300)
+        .map(|i| Kv {
+            pk: format!("pk{i}"),
+            sk: "s".into(),
+            v: Lww::new(Stamp::new(1, NodeId([1; 32])), format!("v{i}")),
+        })
+        .collect();
+    a.table.insert_many_async(items.clone()).await.unwrap();
+    let config = SyncerConfig {
+        start_delay: Duration::from_millis(100),
+        ..SyncerConfig::default()
+    };
+    for n in [&a, &b, &c] {
+        n.node.start_syncer("kv", config.clone()).unwrap();
+    }
+    let nodes = [&a, &b, &c];
+    let placed = || {
+        nodes.iter().all(|n| {
+            let held = tokio::task::block_in_place(|| {
+                n.table
+                    .scan_raw(&shoal_storage::KeyRange::all(), usize::MAX)
+                    .unwrap()
+            });
+            let keys: std::collections::BTreeSet<Vec<u8>> =
+                held.into_iter().map(|(k, _)| k).collect();
+            items.iter().all(|it| {
+                let key = engine_key(&it.pk, &it.sk);
+                let owner = layout.nodes_of(key[0]).contains(&n.node.id());
+                keys.contains(&key) == owner
+            })
+        })
+    };
+    for _ in 0..200 {
+        if placed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        placed(),
+        "every item on exactly its owners, nothing left elsewhere"
+    );
+    let stats = a.node.syncer_stats();
+    assert!(stats["kv"].offloaded > 0, "{stats:?}");
+}

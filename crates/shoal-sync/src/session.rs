@@ -289,6 +289,7 @@ pub struct Session {
     remote_cells: Vec<WireCell>,
     summary_sent: bool,
     doubled_blind: bool,
+    push_only: bool,
     remote_ids: Vec<ItemId>,
     wanted: Vec<ItemId>,
     received: HashSet<[u8; 32]>,
@@ -308,6 +309,7 @@ impl Session {
             remote_cells: Vec::new(),
             summary_sent: false,
             doubled_blind: false,
+            push_only: false,
             remote_ids: Vec::new(),
             wanted: Vec::new(),
             received: HashSet::new(),
@@ -327,6 +329,14 @@ impl Session {
             mini: head.mini,
         });
         s.head = Some(head);
+        Ok(s)
+    }
+
+    /// Starts a session that only *pushes*: the initiator sends what the responder lacks and
+    /// asks for nothing (offloading a partition this node no longer stores).
+    pub fn initiate_push_only(replica: &dyn Replica) -> Result<Session, SyncError> {
+        let mut s = Self::initiate(replica)?;
+        s.push_only = true;
         Ok(s)
     }
 
@@ -843,6 +853,11 @@ impl Session {
     }
 
     fn finish(&mut self, local_only: Vec<ItemId>, remote_only: Vec<ItemId>) {
+        let remote_only = if self.push_only {
+            Vec::new()
+        } else {
+            remote_only
+        };
         let wants = !remote_only.is_empty();
         self.producers.push_back(Producer::Ids {
             ids: remote_only,
