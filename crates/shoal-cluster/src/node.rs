@@ -766,6 +766,58 @@ impl<T: Transport> Node<T> {
                 Ok(Vec::new())
             }
             "admin.status" => Ok(encode(&self.status())),
+            "admin.put" => {
+                let (pk, sk, value, copies): (String, String, Option<ByteBuf>, u32) =
+                    decode(&body)?;
+                let rep = crate::replication::Replicated::<crate::kv::KvTable, T>::new(
+                    self.clone(),
+                    2,
+                    2,
+                );
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let value = value.map(ByteBuf::into_vec);
+                for i in 0..copies.max(1) {
+                    let sk = if copies > 1 {
+                        format!("{sk}{i:06}")
+                    } else {
+                        sk.clone()
+                    };
+                    let item = crate::kv::KvItem::new(&pk, &sk, value.clone(), now, self.id());
+                    rep.insert(&item).await.map_err(|e| e.to_string())?;
+                }
+                Ok(encode(&copies.max(1)))
+            }
+            "admin.get" => {
+                let (pk, sk): (String, String) = decode(&body)?;
+                let rep = crate::replication::Replicated::<crate::kv::KvTable, T>::new(
+                    self.clone(),
+                    2,
+                    2,
+                );
+                let item = rep.get(&pk, &sk).await.map_err(|e| e.to_string())?;
+                Ok(encode(
+                    &item.and_then(|i| i.value.get().clone()).map(ByteBuf::from),
+                ))
+            }
+            "admin.digests" => {
+                let name: String = decode(&body)?;
+                let table = self.table(&name)?;
+                let digests = tokio::task::spawn_blocking(move || {
+                    (0..=255u8)
+                        .map(|p| {
+                            let r = table.replica(p);
+                            r.head()
+                                .map(|h| (h.digest.xor, h.digest.check, h.digest.count))
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+                Ok(encode(&digests))
+            }
             "admin.layout" => Ok(encode(&self.layout_report())),
             "admin.stage" => {
                 let (node, role): (NodeId, Option<NodeRole>) = decode(&body)?;

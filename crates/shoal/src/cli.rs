@@ -170,3 +170,45 @@ pub async fn layout_apply(config: &Config) -> anyhow::Result<()> {
     println!("applied layout version {}", r.current.version);
     Ok(())
 }
+
+/// `shoal put`: a quorum write to the built-in `kv` table (`copies` > 1 writes that many items,
+/// the sort key suffixed with a counter).
+pub async fn put(
+    config: &Config,
+    pk: &str,
+    sk: &str,
+    value: Option<&str>,
+    copies: u32,
+) -> anyhow::Result<()> {
+    let client = AdminClient::connect(config).await?;
+    let body = rmp_serde::to_vec_named(&(
+        pk,
+        sk,
+        value.map(|v| serde_bytes::ByteBuf::from(v.as_bytes().to_vec())),
+        copies,
+    ))?;
+    let _written: u32 = client.call("admin.put", body).await?;
+    Ok(())
+}
+
+/// `shoal get`: a quorum read of the built-in `kv` table.
+pub async fn get(config: &Config, pk: &str, sk: &str) -> anyhow::Result<()> {
+    let client = AdminClient::connect(config).await?;
+    let body = rmp_serde::to_vec_named(&(pk, sk))?;
+    let v: Option<serde_bytes::ByteBuf> = client.call("admin.get", body).await?;
+    match v {
+        Some(v) => println!("{}", String::from_utf8_lossy(&v)),
+        None => bail!("no value for {pk}/{sk}"),
+    }
+    Ok(())
+}
+
+/// `shoal digests`: this node's 256 partition digests of a table, as JSON (for checks).
+pub async fn digests(config: &Config, table: &str) -> anyhow::Result<()> {
+    let client = AdminClient::connect(config).await?;
+    let d: Vec<(u64, u32, u64)> = client
+        .call("admin.digests", rmp_serde::to_vec_named(&table)?)
+        .await?;
+    println!("{}", serde_json::to_string(&d)?);
+    Ok(())
+}

@@ -28,6 +28,20 @@ pub struct Config {
     /// Milliseconds between heartbeats.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_ms: u64,
+    /// Milliseconds after start before the first full anti-entropy scan.
+    #[serde(default = "default_sync_start")]
+    pub sync_start_delay_ms: u64,
+    /// Seconds without sync work after which a full scan runs again.
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval_secs: u64,
+}
+
+fn default_sync_start() -> u64 {
+    20_000
+}
+
+fn default_sync_interval() -> u64 {
+    12 * 3600
 }
 
 fn default_rf() -> usize {

@@ -51,6 +51,8 @@ pub async fn run(
             bootstrap_peers: (0..nodes).filter(|&j| j != k).map(addr).collect(),
             replication_factor: nodes.min(3),
             heartbeat_ms: 500,
+            sync_start_delay_ms: 2_000,
+            sync_interval_secs: 600,
         };
         let path = node_dir.join("shoal.toml");
         std::fs::write(&path, toml::to_string(&config)?)?;

@@ -55,6 +55,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a value to the built-in `kv` table, at quorum.
+    Put {
+        /// Partition key.
+        pk: String,
+        /// Sort key.
+        sk: String,
+        /// The value.
+        value: String,
+        /// Write this many items, the sort key suffixed with a counter.
+        #[arg(long, default_value_t = 1)]
+        copies: u32,
+    },
+    /// Read a value of the built-in `kv` table, at quorum.
+    Get {
+        /// Partition key.
+        pk: String,
+        /// Sort key.
+        sk: String,
+    },
+    /// This node's 256 partition digests of a table, as JSON.
+    #[command(hide = true)]
+    Digests {
+        /// The table.
+        #[arg(long, default_value = "kv")]
+        table: String,
+    },
     /// This node's id.
     Node {
         #[command(subcommand)]
@@ -154,6 +180,23 @@ fn main() -> anyhow::Result<()> {
         Command::Node {
             action: NodeAction::Id,
         } => cli::node_id(&config(&cli.config)?),
+        Command::Put {
+            pk,
+            sk,
+            value,
+            copies,
+        } => {
+            let c = config(&cli.config)?;
+            rt()?.block_on(cli::put(&c, &pk, &sk, Some(&value), copies))
+        }
+        Command::Get { pk, sk } => {
+            let c = config(&cli.config)?;
+            rt()?.block_on(cli::get(&c, &pk, &sk))
+        }
+        Command::Digests { table } => {
+            let c = config(&cli.config)?;
+            rt()?.block_on(cli::digests(&c, &table))
+        }
         Command::Layout { action } => {
             let c = config(&cli.config)?;
             let rt = rt()?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shoal_cluster::layout::Layout;
-use shoal_cluster::node::{Node, NodeConfig};
+use shoal_cluster::node::{Node, NodeConfig, SyncerConfig};
 use shoal_net::{NodeKey, TcpTransport};
 use shoal_storage::Store;
 use tokio::io::AsyncReadExt;
@@ -27,6 +27,12 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
         system_store: Some(store.clone()),
         ..NodeConfig::default()
     };
+    let index = shoal_sync::index::PartitionIndex::new(
+        "kv",
+        shoal_sync::ids::IdKey::derive(config.secret().as_bytes()),
+    );
+    let kv = shoal_table::Table::<shoal_cluster::kv::KvTable>::new(store.clone())
+        .with_hook(index.clone());
     let node = Node::start(
         key,
         config.secret(),
@@ -37,9 +43,22 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("listening on {}", config.rpc_bind_addr))?;
+    node.add_table(Arc::new((kv, index)));
+    node.start_syncer(
+        "kv",
+        SyncerConfig {
+            start_delay: Duration::from_millis(config.sync_start_delay_ms),
+            scan_interval: Duration::from_secs(config.sync_interval_secs),
+            ..SyncerConfig::default()
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
+    std::fs::write(
+        config.data_dir.join("shoal.pid"),
+        std::process::id().to_string(),
+    )?;
     tracing::info!(id = %node.id(), addr = %config.public_addr(), "shoal node running");
     println!("node {} listening on {}", node.id(), config.public_addr());
-    let _keep = Arc::new(store);
 
     let stdin_closed = async {
         if exit_with_stdin {
