@@ -12,8 +12,12 @@ fn shoal() -> Command {
 
 /// Starts `shoal dev` and waits for its "ready" line; returns the child and what it printed.
 fn dev(dir: &std::path::Path, base_port: u16) -> (Child, String) {
+    dev_n(dir, base_port, 3)
+}
+
+fn dev_n(dir: &std::path::Path, base_port: u16, nodes: usize) -> (Child, String) {
     let mut child = shoal()
-        .args(["dev", "--nodes", "3", "--exit-with-stdin", "--dir"])
+        .args(["dev", "--nodes", &nodes.to_string(), "--exit-with-stdin", "--dir"])
         .arg(dir)
         .args(["--base-port", &base_port.to_string()])
         .stdin(Stdio::piped())
@@ -92,6 +96,22 @@ fn dev_cluster_forms_reports_status_refuses_strangers_and_restarts() {
         }
     }
 
+    // Write through one node, read through another.
+    let put = shoal()
+        .arg("-c")
+        .arg(dir.path().join("node1/shoal.toml"))
+        .args(["put", "bucket", "key", "hello"])
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let get = shoal()
+        .arg("-c")
+        .arg(dir.path().join("node3/shoal.toml"))
+        .args(["get", "bucket", "key"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "hello");
+
     // A node with another secret, bootstrapping to node 1, never joins.
     let stranger_dir = dir.path().join("stranger");
     std::fs::create_dir_all(&stranger_dir).unwrap();
@@ -147,5 +167,21 @@ fn dev_cluster_forms_reports_status_refuses_strangers_and_restarts() {
     );
     let s = status(&dir.path().join("node3/shoal.toml"));
     assert_eq!(s["layout_version"], 1, "{s}");
+    stop(child);
+}
+
+#[test]
+fn five_nodes_form_from_bootstrap_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = 20000 + ((std::process::id() + 3000) % 20000) as u16;
+    let (child, out) = dev_n(dir.path(), base, 5);
+    assert!(out.contains("over 5 nodes"), "{out}");
+    let s = status(&dir.path().join("node4/shoal.toml"));
+    let nodes = s["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 5, "{s}");
+    assert!(nodes.iter().all(|n| n["up"] == true), "{s}");
+    // Replication factor 3 over 5 nodes: 768 replicas spread over them.
+    let total: u64 = nodes.iter().map(|n| n["partitions"].as_u64().unwrap()).sum();
+    assert_eq!(total, 3 * 256, "{s}");
     stop(child);
 }
