@@ -159,6 +159,9 @@ pub struct ClusterStatus {
     pub layout_version: u64,
     /// Every node known, this one first.
     pub nodes: Vec<NodeStatus>,
+    /// This node's background syncers, per table.
+    #[serde(default)]
+    pub syncers: BTreeMap<String, SyncerStats>,
 }
 
 /// The layout, what is staged, and what applying it would do.
@@ -569,6 +572,7 @@ impl<T: Transport> Node<T> {
             node: self.id(),
             layout_version: layout.version,
             nodes,
+            syncers: self.syncer_stats().into_iter().collect(),
         }
     }
 
@@ -1041,10 +1045,27 @@ impl<T: Transport> Node<T> {
             let mut work = crate::worklist::WorkList::new(config.seed);
             let mut prev = layout_rx.borrow_and_update().clone();
             let mut next_full = tokio::time::Instant::now() + config.start_delay;
+            // Failed partitions come back after a delay that doubles with each failure (1 s up
+            // to a minute), instead of waiting for the next full scan.
+            let mut retry: BTreeMap<u8, (tokio::time::Instant, crate::worklist::Work, u32)> =
+                BTreeMap::new();
             loop {
+                let now = tokio::time::Instant::now();
+                let due: Vec<u8> = retry
+                    .iter()
+                    .filter(|(_, (at, _, _))| *at <= now)
+                    .map(|(p, _)| *p)
+                    .collect();
+                for p in due {
+                    if let Some((_, w, _)) = retry.get(&p) {
+                        work.push(*w);
+                    }
+                }
                 let Some(state) = node.upgrade() else { return };
                 let me = Node { state };
-                if layout_rx.has_changed().unwrap_or(false) {
+                // `changed()` in the select below marks the new layout as seen: compare with the
+                // last one handled rather than trusting `has_changed`.
+                if layout_rx.borrow().version != prev.version || *layout_rx.borrow() != prev {
                     let next = layout_rx.borrow_and_update().clone();
                     let t2 = t.clone();
                     work.layout_changed(&prev, &next, me.id(), |p| t2.has_data(p).unwrap_or(false));
@@ -1066,18 +1087,33 @@ impl<T: Transport> Node<T> {
                     next_full = tokio::time::Instant::now() + config.scan_interval;
                 }
                 me.set_queued(&name, work.len());
+                debug!(table = %name, queued = work.len(), layout = prev.version, "syncer loop");
                 if let Some(w) = work.pop() {
                     next_full = tokio::time::Instant::now() + config.scan_interval;
                     match me.process(&name, &t, w, config.write_quorum).await {
-                        Ok(true) => {}
+                        Ok(true) => {
+                            retry.remove(&w.partition);
+                        }
                         Ok(false) => work.push(w),
                         Err(e) => {
-                            warn!(table = %name, partition = w.partition, error = %e, "partition sync failed");
+                            let failures = retry.get(&w.partition).map_or(0, |r| r.2) + 1;
+                            let delay = Duration::from_secs(1 << failures.min(6).saturating_sub(1));
+                            warn!(table = %name, partition = w.partition, error = %e, retry_in = ?delay, "partition sync failed");
                             me.bump(&name, |s| s.errors += 1);
+                            retry.insert(
+                                w.partition,
+                                (tokio::time::Instant::now() + delay, w, failures),
+                            );
                         }
                     }
                     continue;
                 }
+                let next_retry = retry
+                    .values()
+                    .map(|(at, _, _)| *at)
+                    .min()
+                    .unwrap_or(next_full)
+                    .min(next_full);
                 drop(me);
                 tokio::select! {
                     _ = layout_rx.changed() => {}
@@ -1089,7 +1125,7 @@ impl<T: Transport> Node<T> {
                             work.peer_up(&l, state.id, peer);
                         }
                     }
-                    _ = tokio::time::sleep_until(next_full) => {}
+                    _ = tokio::time::sleep_until(next_retry) => {}
                 }
             }
         });

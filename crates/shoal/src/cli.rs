@@ -24,6 +24,7 @@ struct StatusView {
     node: String,
     layout_version: u64,
     nodes: Vec<NodeView>,
+    syncers: std::collections::BTreeMap<String, shoal_cluster::node::SyncerStats>,
 }
 
 fn view(s: &ClusterStatus) -> StatusView {
@@ -42,6 +43,7 @@ fn view(s: &ClusterStatus) -> StatusView {
                 partitions: n.partitions,
             })
             .collect(),
+        syncers: s.syncers.clone(),
     }
 }
 
@@ -141,10 +143,37 @@ fn print_report(r: &LayoutReport) {
     }
 }
 
+#[derive(Serialize)]
+struct LayoutView {
+    version: u64,
+    replication_factor: usize,
+    /// For each partition, the hex ids of its nodes.
+    assignment: Vec<Vec<String>>,
+    staged: usize,
+    /// Replicas the staged change would move, if it can be applied.
+    staged_moves: Option<usize>,
+}
+
 /// `shoal layout show`.
-pub async fn layout_show(config: &Config) -> anyhow::Result<()> {
+pub async fn layout_show(config: &Config, json: bool) -> anyhow::Result<()> {
     let client = AdminClient::connect(config).await?;
     let r: LayoutReport = client.call("admin.layout", Vec::new()).await?;
+    if json {
+        let v = LayoutView {
+            version: r.current.version,
+            replication_factor: r.current.replication_factor,
+            assignment: r
+                .current
+                .assignment
+                .iter()
+                .map(|nodes| nodes.iter().map(|n| n.to_string()).collect())
+                .collect(),
+            staged: r.staged.len(),
+            staged_moves: r.preview.as_ref().ok().map(|(_, m)| *m),
+        };
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(());
+    }
     print_report(&r);
     Ok(())
 }

@@ -114,7 +114,11 @@ enum NodeAction {
 #[derive(Subcommand)]
 enum LayoutAction {
     /// The applied layout, the staged changes, and how many partitions applying them moves.
-    Show,
+    Show {
+        /// Print JSON (with every partition's nodes).
+        #[arg(long)]
+        json: bool,
+    },
     /// Stage a role for a node (id or id prefix).
     Assign {
         /// The node.
@@ -201,7 +205,7 @@ fn main() -> anyhow::Result<()> {
             let c = config(&cli.config)?;
             let rt = rt()?;
             match action {
-                LayoutAction::Show => rt.block_on(cli::layout_show(&c)),
+                LayoutAction::Show { json } => rt.block_on(cli::layout_show(&c, json)),
                 LayoutAction::Assign {
                     node,
                     zone,

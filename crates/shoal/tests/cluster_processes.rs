@@ -17,7 +17,13 @@ fn dev(dir: &std::path::Path, base_port: u16) -> (Child, String) {
 
 fn dev_n(dir: &std::path::Path, base_port: u16, nodes: usize) -> (Child, String) {
     let mut child = shoal()
-        .args(["dev", "--nodes", &nodes.to_string(), "--exit-with-stdin", "--dir"])
+        .args([
+            "dev",
+            "--nodes",
+            &nodes.to_string(),
+            "--exit-with-stdin",
+            "--dir",
+        ])
         .arg(dir)
         .args(["--base-port", &base_port.to_string()])
         .stdin(Stdio::piped())
@@ -103,7 +109,11 @@ fn dev_cluster_forms_reports_status_refuses_strangers_and_restarts() {
         .args(["put", "bucket", "key", "hello"])
         .output()
         .unwrap();
-    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
     let get = shoal()
         .arg("-c")
         .arg(dir.path().join("node3/shoal.toml"))
@@ -181,7 +191,10 @@ fn five_nodes_form_from_bootstrap_peers() {
     assert_eq!(nodes.len(), 5, "{s}");
     assert!(nodes.iter().all(|n| n["up"] == true), "{s}");
     // Replication factor 3 over 5 nodes: 768 replicas spread over them.
-    let total: u64 = nodes.iter().map(|n| n["partitions"].as_u64().unwrap()).sum();
+    let total: u64 = nodes
+        .iter()
+        .map(|n| n["partitions"].as_u64().unwrap())
+        .sum();
     assert_eq!(total, 3 * 256, "{s}");
     stop(child);
 }
