@@ -103,6 +103,39 @@ fn up_peers(n: &Node<TcpTransport>) -> usize {
     n.peers().iter().filter(|p| p.up).count()
 }
 
+/// Three nodes that found each other through A, with a layout of `rf` replicas over three zones.
+async fn formed_cluster(
+    secret: &ClusterSecret,
+    rf: usize,
+) -> (TestNode, TestNode, TestNode, Layout) {
+    let a = start(secret, vec![]).await;
+    let seed = vec![a.node.public_addr()];
+    let b = start(secret, seed.clone()).await;
+    let c = start(secret, seed).await;
+    for n in [&a, &b, &c] {
+        wait_until("all peers are up", || up_peers(&n.node) == 2).await;
+    }
+    let roles = [&a, &b, &c]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                n.node.id(),
+                NodeRole {
+                    zone: format!("z{i}"),
+                    capacity: Some(1),
+                },
+            )
+        })
+        .collect();
+    let (layout, _) = Layout::empty(rf).apply(roles).unwrap();
+    a.node.set_layout(layout.clone()).await;
+    for n in [&b, &c] {
+        wait_until("the layout arrives", || n.node.layout().version == 1).await;
+    }
+    (a, b, c, layout)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_form_a_cluster_replicate_the_layout_and_sync() {
     let secret = ClusterSecret::from_bytes([42; 32]);
@@ -184,31 +217,7 @@ async fn nodes_form_a_cluster_replicate_the_layout_and_sync() {
 async fn quorum_writes_reads_repairs_and_refuses_without_quorum() {
     use shoal_cluster::replication::{QuorumError, Replicated};
     let secret = ClusterSecret::from_bytes([9; 32]);
-    let a = start(&secret, vec![]).await;
-    let seed = vec![a.node.public_addr()];
-    let b = start(&secret, seed.clone()).await;
-    let c = start(&secret, seed).await;
-    for n in [&a, &b, &c] {
-        wait_until("all peers are up", || up_peers(&n.node) == 2).await;
-    }
-    let roles = [&a, &b, &c]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            (
-                n.node.id(),
-                NodeRole {
-                    zone: format!("z{i}"),
-                    capacity: Some(1),
-                },
-            )
-        })
-        .collect();
-    let (layout, _) = Layout::empty(3).apply(roles).unwrap();
-    a.node.set_layout(layout).await;
-    for n in [&b, &c] {
-        wait_until("the layout arrives", || n.node.layout().version == 1).await;
-    }
+    let (a, b, c, _) = formed_cluster(&secret, 3).await;
     let via_a = Replicated::<KvTable, _>::new(a.node.clone(), 2, 2);
     let via_b = Replicated::<KvTable, _>::new(b.node.clone(), 2, 2);
     let (pk, sk) = ("p".to_string(), "k".to_string());
@@ -252,32 +261,8 @@ async fn quorum_writes_reads_repairs_and_refuses_without_quorum() {
 async fn background_syncers_spread_items_to_their_owners_and_offload_the_rest() {
     use shoal_cluster::node::SyncerConfig;
     let secret = ClusterSecret::from_bytes([5; 32]);
-    let a = start(&secret, vec![]).await;
-    let seed = vec![a.node.public_addr()];
-    let b = start(&secret, seed.clone()).await;
-    let c = start(&secret, seed).await;
-    for n in [&a, &b, &c] {
-        wait_until("all peers are up", || up_peers(&n.node) == 2).await;
-    }
-    let roles = [&a, &b, &c]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            (
-                n.node.id(),
-                NodeRole {
-                    zone: format!("z{i}"),
-                    capacity: Some(1),
-                },
-            )
-        })
-        .collect();
     // Two replicas of each partition over three nodes: every node stores about 2/3 of them.
-    let (layout, _) = Layout::empty(2).apply(roles).unwrap();
-    a.node.set_layout(layout.clone()).await;
-    for n in [&b, &c] {
-        wait_until("the layout arrives", || n.node.layout().version == 1).await;
-    }
+    let (a, b, c, layout) = formed_cluster(&secret, 2).await;
     // 300 items written on A alone, in every partition (some A does not store).
     let items: Vec<Kv> = (0..300)
         .map(|i| Kv {

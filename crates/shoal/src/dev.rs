@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use shoal_cluster::layout::NodeRole;
 use shoal_cluster::node::{ClusterStatus, LayoutReport};
-use tokio::io::AsyncReadExt;
 
 use crate::client::AdminClient;
 use crate::config::Config;
@@ -122,19 +121,7 @@ pub async fn run(
         dir.display()
     );
 
-    let stdin_closed = async {
-        if exit_with_stdin {
-            let mut buf = [0u8; 64];
-            let mut stdin = tokio::io::stdin();
-            while let Ok(n) = stdin.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
+    let stdin_closed = crate::server::stdin_closed(exit_with_stdin);
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = stdin_closed => {}

@@ -8,7 +8,6 @@ use shoal_cluster::layout::Layout;
 use shoal_cluster::node::{Node, NodeConfig, SyncerConfig};
 use shoal_net::{NodeKey, TcpTransport};
 use shoal_storage::Store;
-use tokio::io::AsyncReadExt;
 
 use crate::config::Config;
 
@@ -60,19 +59,7 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
     tracing::info!(id = %node.id(), addr = %config.public_addr(), "shoal node running");
     println!("node {} listening on {}", node.id(), config.public_addr());
 
-    let stdin_closed = async {
-        if exit_with_stdin {
-            let mut buf = [0u8; 64];
-            let mut stdin = tokio::io::stdin();
-            while let Ok(n) = stdin.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
+    let stdin_closed = stdin_closed(exit_with_stdin);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -82,4 +69,20 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     node.shutdown();
     Ok(())
+}
+
+/// Completes when standard input reaches its end, if `enabled`; never otherwise. A process
+/// started by another (`shoal dev`, tests) stops when its parent closes the pipe or dies.
+pub async fn stdin_closed(enabled: bool) {
+    use tokio::io::AsyncReadExt;
+    if !enabled {
+        return std::future::pending().await;
+    }
+    let mut buf = [0u8; 64];
+    let mut stdin = tokio::io::stdin();
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
 }

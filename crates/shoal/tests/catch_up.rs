@@ -1,34 +1,17 @@
 //! Kill -9 a node of a real 3-node cluster, keep writing at quorum, restart it: background sync
 //! alone (no reads) brings every partition back to the same digest as its peers.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn shoal() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_shoal"))
-}
+mod common;
+use common::{base_port, shoal, start_dev, start_server, stop};
 
 fn digests(config: &std::path::Path) -> Option<String> {
     let out = shoal().arg("-c").arg(config).arg("digests").output().ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn wait_ready(child: &mut Child) {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line.contains("ready in") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("cluster ready");
 }
 
 #[test]
@@ -38,17 +21,8 @@ fn a_killed_node_catches_up_by_background_sync_alone() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
     let dir = tempfile::tempdir().unwrap();
-    let base = 20000 + ((std::process::id() + 7000) % 20000) as u16;
-    let mut dev = shoal()
-        .args(["dev", "--nodes", "3", "--exit-with-stdin", "--dir"])
-        .arg(dir.path())
-        .args(["--base-port", &base.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(&mut dev);
+    let base = base_port(7000);
+    let (dev, _) = start_dev(dir.path(), base, 3);
     let conf = |k: u32| dir.path().join(format!("node{k}/shoal.toml"));
 
     // Kill node 3 outright.
@@ -85,15 +59,7 @@ fn a_killed_node_catches_up_by_background_sync_alone() {
 
     // Restart it and wait, without reading anything, until its digests match.
     let start = Instant::now();
-    let mut node3 = shoal()
-        .arg("-c")
-        .arg(conf(3))
-        .args(["server", "--exit-with-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let node3 = start_server(&conf(3));
     let mut caught_up = false;
     while start.elapsed() < Duration::from_secs(60) {
         if digests(&conf(3)).as_deref() == Some(reference.as_str()) {
@@ -110,8 +76,6 @@ fn a_killed_node_catches_up_by_background_sync_alone() {
     assert!(caught_up, "node 3 never caught up");
     assert_eq!(digests(&conf(2)).unwrap(), reference, "node 2 agrees too");
 
-    drop(node3.stdin.take());
-    let _ = node3.wait();
-    drop(dev.stdin.take());
-    let _ = dev.wait();
+    stop(node3);
+    stop(dev);
 }

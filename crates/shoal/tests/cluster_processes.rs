@@ -2,86 +2,24 @@
 //! `shoal status --json` reports it from any node, a node with the wrong secret never joins and
 //! is refused, and a second `shoal dev` run reuses the data.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::time::Duration;
 
-fn shoal() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_shoal"))
-}
-
-/// Starts `shoal dev` and waits for its "ready" line; returns the child and what it printed.
-fn dev(dir: &std::path::Path, base_port: u16) -> (Child, String) {
-    dev_n(dir, base_port, 3)
-}
-
-fn dev_n(dir: &std::path::Path, base_port: u16, nodes: usize) -> (Child, String) {
-    let mut child = shoal()
-        .args([
-            "dev",
-            "--nodes",
-            &nodes.to_string(),
-            "--exit-with-stdin",
-            "--dir",
-        ])
-        .arg(dir)
-        .args(["--base-port", &base_port.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            all.push_str(&line);
-            all.push('\n');
-            if line.contains("ready in") {
-                let _ = tx.send(all.clone());
-            }
-        }
-    });
-    let out = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("shoal dev prints that the cluster is ready");
-    (child, out)
-}
-
-fn stop(mut child: Child) {
-    drop(child.stdin.take());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.kill().unwrap();
-    panic!("shoal dev did not stop when asked");
-}
+mod common;
+use common::{base_port, json, shoal, start_dev, start_server, stop};
 
 fn status(config: &std::path::Path) -> serde_json::Value {
-    let out = shoal()
-        .arg("-c")
-        .arg(config)
-        .args(["status", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    json(config, &["status", "--json"])
+}
+
+fn dev(dir: &std::path::Path, base_port: u16) -> (std::process::Child, String) {
+    start_dev(dir, base_port, 3)
 }
 
 #[test]
 fn dev_cluster_forms_reports_status_refuses_strangers_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let base = 20000 + (std::process::id() % 20000) as u16;
+    let base = base_port(0);
     let (child, out) = dev(dir.path(), base);
     assert!(
         out.contains("applied layout version 1 over 3 nodes"),
@@ -136,15 +74,7 @@ fn dev_cluster_forms_reports_status_refuses_strangers_and_restarts() {
         base
     )
     .unwrap();
-    let mut stranger = shoal()
-        .arg("-c")
-        .arg(&stranger_conf)
-        .args(["server", "--exit-with-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let stranger = start_server(&stranger_conf);
     std::thread::sleep(Duration::from_secs(2));
     let id_out = shoal()
         .arg("-c")
@@ -165,8 +95,7 @@ fn dev_cluster_forms_reports_status_refuses_strangers_and_restarts() {
         log.contains("refused an incoming connection"),
         "the refusal is logged: {log}"
     );
-    drop(stranger.stdin.take());
-    let _ = stranger.wait();
+    stop(stranger);
 
     // Stop, start again: the data and the layout are reused.
     stop(child);
@@ -183,8 +112,8 @@ fn dev_cluster_forms_reports_status_refuses_strangers_and_restarts() {
 #[test]
 fn five_nodes_form_from_bootstrap_peers() {
     let dir = tempfile::tempdir().unwrap();
-    let base = 20000 + ((std::process::id() + 3000) % 20000) as u16;
-    let (child, out) = dev_n(dir.path(), base, 5);
+    let base = base_port(3000);
+    let (child, out) = start_dev(dir.path(), base, 5);
     assert!(out.contains("over 5 nodes"), "{out}");
     let s = status(&dir.path().join("node4/shoal.toml"));
     let nodes = s["nodes"].as_array().unwrap();

@@ -1,28 +1,12 @@
 //! Add a node to a real 3-node cluster, then remove one: afterwards every item is on exactly
 //! its current replicas, no node keeps items of partitions it no longer stores, nothing is lost.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn shoal() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_shoal"))
-}
-
-fn run(conf: &Path, args: &[&str]) -> String {
-    let out = shoal().arg("-c").arg(conf).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn json(conf: &Path, args: &[&str]) -> serde_json::Value {
-    serde_json::from_str(&run(conf, args)).unwrap()
-}
+mod common;
+use common::{base_port, json, run, start_dev, start_server, stop};
 
 /// Whether every partition's items sit on exactly its nodes, identical on each, `items` in all.
 fn placed(members: &[(PathBuf, String)], retired: &[PathBuf], items: u64) -> bool {
@@ -102,27 +86,8 @@ fn items_sent(members: &[(PathBuf, String)]) -> u64 {
 #[test]
 fn adding_and_removing_nodes_moves_items_to_exactly_their_replicas() {
     let dir = tempfile::tempdir().unwrap();
-    let base = 20000 + ((std::process::id() + 11000) % 20000) as u16;
-    let mut dev = shoal()
-        .args(["dev", "--nodes", "3", "--exit-with-stdin", "--dir"])
-        .arg(dir.path())
-        .args(["--base-port", &base.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = dev.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("ready in") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("cluster ready");
+    let base = base_port(11000);
+    let (dev, _) = start_dev(dir.path(), base, 3);
     let conf = |k: u32| dir.path().join(format!("node{k}/shoal.toml"));
     let id = |c: &Path| {
         run(c, &["node", "id"])
@@ -157,15 +122,7 @@ fn adding_and_removing_nodes_moves_items_to_exactly_their_replicas() {
     )
     .unwrap();
     drop(f);
-    let mut node4: Child = shoal()
-        .arg("-c")
-        .arg(conf(4))
-        .args(["server", "--exit-with-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let node4 = start_server(&conf(4));
     let start = Instant::now();
     loop {
         let s = json(&conf(1), &["status", "--json"]);
@@ -220,8 +177,6 @@ fn adding_and_removing_nodes_moves_items_to_exactly_their_replicas() {
         took.as_secs_f64()
     );
 
-    drop(node4.stdin.take());
-    let _ = node4.wait();
-    drop(dev.stdin.take());
-    let _ = dev.wait();
+    stop(node4);
+    stop(dev);
 }
