@@ -259,6 +259,9 @@ struct State<T: Transport> {
     tables: RwLock<HashMap<String, Arc<dyn SyncTable>>>,
     staged: Mutex<Staged>,
     responders: Mutex<HashMap<(NodeId, u64), Responder>>,
+    /// Partitions this node, empty, is being filled with by one peer's session: other peers
+    /// are asked to come back later rather than send the same items again.
+    filling: Mutex<HashMap<(String, u8), ((NodeId, u64), Instant)>>,
     next_session: std::sync::atomic::AtomicU64,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     layout_tx: tokio::sync::watch::Sender<Layout>,
@@ -367,6 +370,7 @@ impl<T: Transport> Node<T> {
                 tables: RwLock::new(HashMap::new()),
                 staged: Mutex::new(staged.clone()),
                 responders: Mutex::new(HashMap::new()),
+                filling: Mutex::new(HashMap::new()),
                 next_session: std::sync::atomic::AtomicU64::new(1),
                 tasks: Mutex::new(Vec::new()),
                 layout_tx: tokio::sync::watch::channel(layout.clone()).0,
@@ -869,6 +873,7 @@ impl<T: Transport> Node<T> {
     async fn serve_sync(&self, from: NodeId, body: Vec<u8>) -> Result<Vec<u8>, String> {
         let step: SyncStep = decode(&body)?;
         let key = (from, step.session);
+        let fill_key = (step.table.clone(), step.partition);
         // Sessions whose initiator went away are forgotten after a while.
         self.state
             .responders
@@ -917,6 +922,25 @@ impl<T: Transport> Node<T> {
         .await
         .map_err(|e| format!("sync step failed: {e}"))??;
         let (session, replica, out) = result;
+        let asks_everything = out.iter().any(|m| **m == Message::WantAll.encode());
+        {
+            let mut filling = self.state.filling.lock().unwrap_or_else(|p| p.into_inner());
+            filling.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(60));
+            if asks_everything {
+                if let Some((other, _)) = filling.get(&fill_key)
+                    && *other != key
+                {
+                    return Err(format!(
+                        "partition {} of {} is being filled by another replica; retry later",
+                        fill_key.1, fill_key.0
+                    ));
+                }
+                filling.insert(fill_key.clone(), (key, Instant::now()));
+            }
+            if session.is_done() && filling.get(&fill_key).is_some_and(|(k, _)| *k == key) {
+                filling.remove(&fill_key);
+            }
+        }
         if !session.is_done() {
             self.state
                 .responders
