@@ -247,6 +247,9 @@ struct SyncStep {
     messages: Vec<ByteBuf>,
 }
 
+/// A responder session: the initiator and its session number.
+type SessionKey = (NodeId, u64);
+
 type Responder = (Session, Box<dyn Replica + Send>, Instant);
 
 struct State<T: Transport> {
@@ -258,10 +261,10 @@ struct State<T: Transport> {
     peers: Mutex<BTreeMap<NodeId, PeerStatus>>,
     tables: RwLock<HashMap<String, Arc<dyn SyncTable>>>,
     staged: Mutex<Staged>,
-    responders: Mutex<HashMap<(NodeId, u64), Responder>>,
+    responders: Mutex<HashMap<SessionKey, Responder>>,
     /// Partitions this node, empty, is being filled with by one peer's session: other peers
     /// are asked to come back later rather than send the same items again.
-    filling: Mutex<HashMap<(String, u8), ((NodeId, u64), Instant)>>,
+    filling: Mutex<HashMap<(String, u8), (SessionKey, Instant)>>,
     next_session: std::sync::atomic::AtomicU64,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     layout_tx: tokio::sync::watch::Sender<Layout>,
