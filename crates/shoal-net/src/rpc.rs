@@ -36,6 +36,11 @@ pub struct NetConfig {
     pub send_queue: usize,
     /// Requests from one peer handled at once.
     pub max_concurrent_requests: usize,
+    /// After a failed dial, the next one waits this long, doubling with each failure up to
+    /// `reconnect_max`; calls meanwhile fail at once. A connection from the peer ends the wait.
+    pub reconnect_initial: Duration,
+    /// The longest wait between dials to an unreachable peer.
+    pub reconnect_max: Duration,
 }
 
 impl Default for NetConfig {
@@ -46,6 +51,8 @@ impl Default for NetConfig {
             max_message: 64 << 20,
             send_queue: 64,
             max_concurrent_requests: 256,
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(2),
         }
     }
 }
@@ -179,6 +186,8 @@ struct Inner<T: Transport> {
     serial: AtomicU64,
     listeners: Mutex<Vec<JoinHandle<()>>>,
     refused: AtomicU64,
+    /// Peers whose last dial failed: when to try again, and the current wait.
+    backoff: Mutex<HashMap<NodeId, (std::time::Instant, Duration)>>,
 }
 
 /// A node's endpoint on the cluster network. Cheap to clone.
@@ -215,6 +224,7 @@ impl<T: Transport> Network<T> {
                 serial: AtomicU64::new(1),
                 listeners: Mutex::new(Vec::new()),
                 refused: AtomicU64::new(0),
+                backoff: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -453,7 +463,29 @@ impl<T: Transport> Network<T> {
                 peer,
                 reason: "no known address".into(),
             })?;
-        self.connect(&addr, Some(peer)).await?;
+        let waiting = self
+            .inner
+            .backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .map(|(at, _)| at.saturating_duration_since(std::time::Instant::now()))
+            .filter(|d| !d.is_zero());
+        if let Some(d) = waiting {
+            return Err(RpcError::Unreachable {
+                peer,
+                reason: format!("last dial failed; next attempt in {} ms", d.as_millis()),
+            });
+        }
+        if let Err(e) = self.connect(&addr, Some(peer)).await {
+            let cfg = &self.inner.config;
+            let mut b = self.inner.backoff.lock().unwrap_or_else(|p| p.into_inner());
+            let wait = b.get(&peer).map_or(cfg.reconnect_initial, |(_, w)| {
+                (*w * 2).min(cfg.reconnect_max)
+            });
+            b.insert(peer, (std::time::Instant::now() + wait, wait));
+            return Err(e);
+        }
         self.inner
             .conns
             .lock()
@@ -479,6 +511,10 @@ impl<T: Transport> Network<T> {
             alive: AtomicBool::new(true),
             tasks: Mutex::new(Vec::new()),
         });
+        i.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&secured.peer);
         {
             // When both nodes dialled at once, the connection registered first stays the one
             // calls use; the other still serves the requests the peer sends on it and closes

@@ -226,3 +226,27 @@ async fn a_call_reconnects_after_the_peer_restarts() {
     }
     assert!(ok, "the call reconnects through the known address");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dials_to_a_dead_peer_back_off() {
+    let s = secret(7);
+    let b = node(&s);
+    let ghost = NodeKey::generate().node_id();
+    // Nothing listens there.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    b.add_peer_addr(ghost, addr);
+    let first = b.call(ghost, "echo", vec![]).await;
+    assert!(matches!(first, Err(RpcError::Connect { .. })), "{first:?}");
+    // Within the wait, calls fail at once without dialling.
+    let second = b.call(ghost, "echo", vec![]).await;
+    assert!(
+        matches!(&second, Err(RpcError::Unreachable { reason, .. }) if reason.contains("next attempt")),
+        "{second:?}"
+    );
+    // After it, a dial is attempted again.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let third = b.call(ghost, "echo", vec![]).await;
+    assert!(matches!(third, Err(RpcError::Connect { .. })), "{third:?}");
+}
