@@ -65,6 +65,11 @@ impl Layout {
         &self.assignment[p as usize]
     }
 
+    /// Every node with a role, in id order: where a fully replicated table lives.
+    pub fn all_nodes(&self) -> Vec<NodeId> {
+        self.roles.keys().copied().collect()
+    }
+
     /// Partitions stored by `node`.
     pub fn partitions_of(&self, node: NodeId) -> Vec<u8> {
         (0..PARTITIONS)

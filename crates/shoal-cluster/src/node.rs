@@ -260,6 +260,7 @@ struct State<T: Transport> {
     layout: RwLock<Layout>,
     peers: Mutex<BTreeMap<NodeId, PeerStatus>>,
     tables: RwLock<HashMap<String, Arc<dyn SyncTable>>>,
+    replication: RwLock<HashMap<String, crate::worklist::Replication>>,
     staged: Mutex<Staged>,
     responders: Mutex<HashMap<SessionKey, Responder>>,
     /// Partitions this node, empty, is being filled with by one peer's session: other peers
@@ -371,6 +372,7 @@ impl<T: Transport> Node<T> {
                 layout: RwLock::new(layout.clone()),
                 peers: Mutex::new(BTreeMap::new()),
                 tables: RwLock::new(HashMap::new()),
+                replication: RwLock::new(HashMap::new()),
                 staged: Mutex::new(staged.clone()),
                 responders: Mutex::new(HashMap::new()),
                 filling: Mutex::new(HashMap::new()),
@@ -548,7 +550,33 @@ impl<T: Transport> Node<T> {
         Ok(v.map(ByteBuf::into_vec))
     }
 
-    /// Registers a table for sync.
+    /// Registers a table replicated on every node of the layout (small system tables).
+    pub fn add_full_table(&self, table: Arc<dyn SyncTable>) {
+        self.state
+            .replication
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(table.name().to_string(), crate::worklist::Replication::Full);
+        self.add_table(table);
+    }
+
+    /// How `table` is replicated.
+    pub fn replication_of(&self, table: &str) -> crate::worklist::Replication {
+        self.state
+            .replication
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(table)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The nodes storing partition `p` of `table` in the current layout.
+    pub fn nodes_for(&self, table: &str, p: u8) -> Vec<NodeId> {
+        self.replication_of(table).nodes_of(&self.layout(), p)
+    }
+
+    /// Registers a table (sharded over the layout) for sync.
     pub fn add_table(&self, table: Arc<dyn SyncTable>) {
         self.state
             .tables
@@ -1069,7 +1097,11 @@ impl<T: Transport> Node<T> {
         let mut peers_rx = self.state.peer_up_tx.subscribe();
         let name = table.to_string();
         let task = tokio::spawn(async move {
-            let mut work = crate::worklist::WorkList::new(config.seed);
+            let replication = node
+                .upgrade()
+                .map(|state| Node { state }.replication_of(&name))
+                .unwrap_or_default();
+            let mut work = crate::worklist::WorkList::new(config.seed, replication);
             let mut prev = layout_rx.borrow_and_update().clone();
             let mut next_full = tokio::time::Instant::now() + config.start_delay;
             // Failed partitions come back after a delay that doubles with each failure (1 s up
@@ -1194,8 +1226,7 @@ impl<T: Transport> Node<T> {
         w: crate::worklist::Work,
         write_quorum: usize,
     ) -> Result<bool, String> {
-        let layout = self.layout();
-        let nodes = layout.nodes_of(w.partition).to_vec();
+        let nodes = self.nodes_for(table, w.partition);
         if nodes.contains(&self.id()) {
             let others: Vec<NodeId> = nodes.into_iter().filter(|n| *n != self.id()).collect();
             let mut set = tokio::task::JoinSet::new();
@@ -1249,7 +1280,7 @@ impl<T: Transport> Node<T> {
             self.bump(table, |s| s.items_sent += tr.a.items_sent);
         }
         // The partition may have become ours again meanwhile: then keep everything.
-        if self.layout().nodes_of(w.partition).contains(&self.id()) {
+        if self.nodes_for(table, w.partition).contains(&self.id()) {
             return Ok(true);
         }
         let t2 = t.clone();

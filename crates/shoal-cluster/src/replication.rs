@@ -67,7 +67,7 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
             .encode()
             .map_err(|e| QuorumError::Decode(e.to_string()))?;
         let key = Table::<S>::key_of(entry);
-        let nodes = self.node.layout().nodes_of(key[0]).to_vec();
+        let nodes = self.node.nodes_for(S::TABLE_NAME, key[0]);
         if nodes.is_empty() {
             return Err(QuorumError::NoLayout(key[0]));
         }
@@ -109,7 +109,7 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
         sort_key: &S::SortKey,
     ) -> Result<Option<S::Entry>, QuorumError> {
         let key = engine_key(partition_key, sort_key);
-        let nodes = self.node.layout().nodes_of(key[0]).to_vec();
+        let nodes = self.node.nodes_for(S::TABLE_NAME, key[0]);
         if nodes.is_empty() {
             return Err(QuorumError::NoLayout(key[0]));
         }

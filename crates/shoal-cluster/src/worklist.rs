@@ -16,19 +16,42 @@ pub struct Work {
     pub retain: bool,
 }
 
+/// How a table is spread over the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Replication {
+    /// Each partition on its `replication_factor` nodes of the layout.
+    #[default]
+    Sharded,
+    /// Every partition on every node of the layout (small system tables).
+    Full,
+}
+
+impl Replication {
+    /// The nodes storing partition `p` under `layout`.
+    pub fn nodes_of(self, layout: &Layout, p: u8) -> Vec<NodeId> {
+        match self {
+            Replication::Sharded => layout.nodes_of(p).to_vec(),
+            Replication::Full => layout.all_nodes(),
+        }
+    }
+}
+
 /// Partitions waiting to be synced or offloaded, popped in random order.
 #[derive(Debug, Clone)]
 pub struct WorkList {
     todo: BTreeMap<u8, bool>,
     rng: u64,
+    replication: Replication,
 }
 
 impl WorkList {
-    /// An empty list whose random order derives from `seed`.
-    pub fn new(seed: u64) -> Self {
+    /// An empty list for a table replicated as `replication`, whose random order derives from
+    /// `seed`.
+    pub fn new(seed: u64, replication: Replication) -> Self {
         WorkList {
             todo: BTreeMap::new(),
             rng: seed | 1,
+            replication,
         }
     }
 
@@ -48,7 +71,7 @@ impl WorkList {
         self.todo.clear();
         for p in 0..PARTITIONS {
             let p = p as u8;
-            let retain = layout.nodes_of(p).contains(&me);
+            let retain = self.replication.nodes_of(layout, p).contains(&me);
             if retain || holds_data(p) {
                 self.todo.insert(p, retain);
             }
@@ -71,7 +94,10 @@ impl WorkList {
         }
         for p in 0..PARTITIONS {
             let p = p as u8;
-            let (was, is) = (old.nodes_of(p), new.nodes_of(p));
+            let (was, is) = (
+                self.replication.nodes_of(old, p),
+                self.replication.nodes_of(new, p),
+            );
             let retain = is.contains(&me);
             let involved = retain || was.contains(&me);
             if (involved && was != is) || self.todo.contains_key(&p) {
@@ -85,7 +111,7 @@ impl WorkList {
     pub fn peer_up(&mut self, layout: &Layout, me: NodeId, peer: NodeId) {
         for p in 0..PARTITIONS {
             let p = p as u8;
-            let nodes = layout.nodes_of(p);
+            let nodes = self.replication.nodes_of(layout, p);
             if nodes.contains(&me) && nodes.contains(&peer) {
                 self.todo.insert(p, true);
             }
@@ -142,7 +168,7 @@ mod tests {
     #[test]
     fn full_scan_takes_stored_partitions_and_stray_data() {
         let l = layout(&[1, 2, 3, 4], 2);
-        let mut w = WorkList::new(1);
+        let mut w = WorkList::new(1, Replication::Sharded);
         w.full_scan(&l, id(1), |p| p == 7 || p == 8);
         let mine = l.partitions_of(id(1));
         let mut expected: Vec<u8> = mine.clone();
@@ -177,7 +203,7 @@ mod tests {
             r
         };
         let new = old.apply(roles).unwrap().0;
-        let mut w = WorkList::new(2);
+        let mut w = WorkList::new(2, Replication::Sharded);
         w.layout_changed(&old, &new, id(1), |_| false);
         let mut queued = Vec::new();
         while let Some(x) = w.pop() {
@@ -191,15 +217,26 @@ mod tests {
             assert_eq!(x.retain, new.nodes_of(p).contains(&id(1)));
         }
         // Node 4 joined: on node 4 itself, a full scan.
-        let mut w4 = WorkList::new(3);
+        let mut w4 = WorkList::new(3, Replication::Sharded);
         w4.layout_changed(&old, &new, id(4), |_| false);
         assert_eq!(w4.len(), new.partitions_of(id(4)).len());
     }
 
     #[test]
+    fn a_fully_replicated_table_is_everywhere() {
+        let l = layout(&[1, 2, 3, 4], 2);
+        let mut w = WorkList::new(5, Replication::Full);
+        w.full_scan(&l, id(3), |_| false);
+        assert_eq!(w.len(), 256);
+        while let Some(x) = w.pop() {
+            assert!(x.retain);
+        }
+    }
+
+    #[test]
     fn peer_up_queues_shared_partitions() {
         let l = layout(&[1, 2, 3, 4], 2);
-        let mut w = WorkList::new(4);
+        let mut w = WorkList::new(4, Replication::Sharded);
         w.peer_up(&l, id(1), id(2));
         let shared = (0..=255u8)
             .filter(|&p| l.nodes_of(p).contains(&id(1)) && l.nodes_of(p).contains(&id(2)))

@@ -309,3 +309,50 @@ async fn background_syncers_spread_items_to_their_owners_and_offload_the_rest() 
     let stats = a.node.syncer_stats();
     assert!(stats["kv"].offloaded > 0, "{stats:?}");
 }
+
+struct SysTable;
+impl Schema for SysTable {
+    const TABLE_NAME: &'static str = "sys";
+    type PartitionKey = String;
+    type SortKey = String;
+    type Entry = Kv;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fully_replicated_table_reaches_every_node() {
+    use shoal_cluster::node::SyncerConfig;
+    let secret = ClusterSecret::from_bytes([3; 32]);
+    // Two replicas per partition for sharded tables; the system table is on all three nodes.
+    let (a, b, c, _) = formed_cluster(&secret, 2).await;
+    let mut sys = Vec::new();
+    for n in [&a, &b, &c] {
+        let index = PartitionIndex::new("sys", IdKey::derive(secret.as_bytes()));
+        let t = Table::<SysTable>::new(n.table.store().clone()).with_hook(index.clone());
+        n.node.add_full_table(Arc::new((t.clone(), index)));
+        sys.push(t);
+    }
+    let items: Vec<Kv> = (0..60)
+        .map(|i| Kv {
+            pk: format!("key{i}"),
+            sk: String::new(),
+            v: Lww::new(Stamp::new(1, NodeId([1; 32])), format!("v{i}")),
+        })
+        .collect();
+    sys[0].insert_many_async(items).await.unwrap();
+    let config = SyncerConfig {
+        start_delay: Duration::from_millis(100),
+        ..SyncerConfig::default()
+    };
+    for n in [&a, &b, &c] {
+        n.node.start_syncer("sys", config.clone()).unwrap();
+    }
+    for t in &sys[1..] {
+        let t = t.clone();
+        wait_until("every node holds every system item", move || {
+            tokio::task::block_in_place(|| t.len().unwrap()) == 60
+        })
+        .await;
+    }
+    assert_eq!(a.node.nodes_for("sys", 0).len(), 3);
+    assert_eq!(a.node.nodes_for("kv", 0).len(), 2);
+}
