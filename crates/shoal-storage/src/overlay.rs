@@ -39,6 +39,14 @@ impl<'b, B: WriteBase> Overlay<'b, B> {
         }
     }
 
+    /// The writes to `tree`, allocating its name only on its first write.
+    fn tree_writes(&mut self, tree: &str) -> &mut TreeWrites {
+        if !self.writes.contains_key(tree) {
+            self.writes.insert(tree.to_owned(), TreeWrites::new());
+        }
+        self.writes.get_mut(tree).expect("just inserted")
+    }
+
     /// Applies the buffered writes to the base, in key order.
     pub(crate) fn apply(self) -> Result<(), StorageError> {
         for (tree, writes) in &self.writes {
@@ -120,18 +128,13 @@ impl<B: WriteBase> ReadView for Overlay<'_, B> {
 
 impl<B: WriteBase> WriteTx for Overlay<'_, B> {
     fn put(&mut self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        self.writes
-            .entry(tree.to_owned())
-            .or_default()
+        self.tree_writes(tree)
             .insert(key.to_vec(), Some(value.to_vec()));
         Ok(())
     }
 
     fn delete(&mut self, tree: &str, key: &[u8]) -> Result<(), StorageError> {
-        self.writes
-            .entry(tree.to_owned())
-            .or_default()
-            .insert(key.to_vec(), None);
+        self.tree_writes(tree).insert(key.to_vec(), None);
         Ok(())
     }
 }
