@@ -12,15 +12,8 @@ use crate::sync::{Bench, bench_item};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Writer counts to measure, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
-    writers: Vec<usize>,
-    /// Seconds per configuration.
-    #[arg(long, default_value_t = 5.0)]
-    seconds: f64,
-    /// Bytes per value.
-    #[arg(long, default_value_t = 100)]
-    value_size: usize,
+    #[command(flatten)]
+    load: crate::load::LoadArgs,
     /// Partition keys the writes spread over.
     #[arg(long, default_value_t = 1000)]
     partition_keys: u64,
@@ -38,7 +31,7 @@ struct Figures {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    for &writers in &args.writers {
+    for &writers in &args.load.writers {
         let mut pair = Vec::new();
         for index in [false, true] {
             let f = measure(args, writers, index)?;
@@ -60,9 +53,9 @@ fn measure(args: &Args, writers: usize, index: bool) -> anyhow::Result<Figures> 
     if index {
         table = table.with_hook(PartitionIndex::new("bench", IdKey::insecure_default()));
     }
-    let value = vec![0x5au8; args.value_size];
+    let value = vec![0x5au8; args.load.value_size];
     let pks = args.partition_keys;
-    let (lat, elapsed) = run_writers(writers, args.seconds, |w, i| {
+    let (lat, elapsed) = run_writers(writers, args.load.seconds, |w, i| {
         let pk = format!("pk-{}", (i * 7919 + w as u64) % pks);
         let sk = format!("w{w:04}-{i:010}").into_bytes();
         table

@@ -3,6 +3,20 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// What every closed-loop benchmark takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Writer counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    pub writers: Vec<usize>,
+    /// Seconds per configuration.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+}
+
 /// Runs `writers` threads for `seconds`; thread `w` calls `op(w, i)` for i = 0, 1, … and each
 /// call's latency is recorded. Returns the latencies in microseconds, sorted, and the elapsed
 /// seconds.

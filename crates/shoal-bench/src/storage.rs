@@ -8,15 +8,8 @@ use shoal_storage::{Durability, RedbOptions, Store};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Writer counts to measure, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
-    writers: Vec<usize>,
-    /// Seconds per configuration.
-    #[arg(long, default_value_t = 5.0)]
-    seconds: f64,
-    /// Bytes per value.
-    #[arg(long, default_value_t = 100)]
-    value_size: usize,
+    #[command(flatten)]
+    load: crate::load::LoadArgs,
     /// Also measure without group commit (one fsync per transaction).
     #[arg(long)]
     compare_ungrouped: bool,
@@ -48,7 +41,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         &[true]
     };
     for &grouped in modes {
-        for &writers in &args.writers {
+        for &writers in &args.load.writers {
             let f = measure(args, writers, grouped)?;
             println!("{}", serde_json::to_string(&f)?);
         }
@@ -68,8 +61,8 @@ fn measure(args: &Args, writers: usize, grouped: bool) -> anyhow::Result<Figures
         ..RedbOptions::default()
     };
     let store = Store::open_with(dir.path().join("bench.redb"), options)?;
-    let value = vec![0xabu8; args.value_size];
-    let (latencies, elapsed) = run_writers(writers, args.seconds, |w, i| {
+    let value = vec![0xabu8; args.load.value_size];
+    let (latencies, elapsed) = run_writers(writers, args.load.seconds, |w, i| {
         let key = format!("w{w:04}-{i:010}").into_bytes();
         let v = value.clone();
         store

@@ -103,11 +103,8 @@ fn up_peers(n: &Node<TcpTransport>) -> usize {
     n.peers().iter().filter(|p| p.up).count()
 }
 
-/// Three nodes that found each other through A, with a layout of `rf` replicas over three zones.
-async fn formed_cluster(
-    secret: &ClusterSecret,
-    rf: usize,
-) -> (TestNode, TestNode, TestNode, Layout) {
+/// Three nodes that found each other through A's address alone.
+async fn three_nodes(secret: &ClusterSecret) -> (TestNode, TestNode, TestNode) {
     let a = start(secret, vec![]).await;
     let seed = vec![a.node.public_addr()];
     let b = start(secret, seed.clone()).await;
@@ -115,7 +112,13 @@ async fn formed_cluster(
     for n in [&a, &b, &c] {
         wait_until("all peers are up", || up_peers(&n.node) == 2).await;
     }
-    let roles = [&a, &b, &c]
+    (a, b, c)
+}
+
+/// Applies, on the first node, a layout of `rf` replicas with one zone per node, and waits until
+/// every node has it.
+async fn apply_layout(nodes: [&TestNode; 3], rf: usize) -> Layout {
+    let roles = nodes
         .iter()
         .enumerate()
         .map(|(i, n)| {
@@ -129,24 +132,29 @@ async fn formed_cluster(
         })
         .collect();
     let (layout, _) = Layout::empty(rf).apply(roles).unwrap();
-    a.node.set_layout(layout.clone()).await;
-    for n in [&b, &c] {
+    nodes[0].node.set_layout(layout.clone()).await;
+    for n in nodes {
         wait_until("the layout arrives", || n.node.layout().version == 1).await;
     }
+    layout
+}
+
+/// Three nodes with a layout of `rf` replicas over three zones.
+async fn formed_cluster(
+    secret: &ClusterSecret,
+    rf: usize,
+) -> (TestNode, TestNode, TestNode, Layout) {
+    let (a, b, c) = three_nodes(secret).await;
+    let layout = apply_layout([&a, &b, &c], rf).await;
     (a, b, c, layout)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_form_a_cluster_replicate_the_layout_and_sync() {
     let secret = ClusterSecret::from_bytes([42; 32]);
-    let a = start(&secret, vec![]).await;
-    let seed = vec![a.node.public_addr()];
-    let b = start(&secret, seed.clone()).await;
-    let c = start(&secret, seed.clone()).await;
     // Everyone learns everyone from one bootstrap address.
-    for n in [&a, &b, &c] {
-        wait_until("all peers are up", || up_peers(&n.node) == 2).await;
-    }
+    let (a, b, c) = three_nodes(&secret).await;
+    let seed = vec![a.node.public_addr()];
 
     // A node with another secret never joins, and is refused.
     let stranger = start(&ClusterSecret::from_bytes([7; 32]), seed.clone()).await;
@@ -157,23 +165,8 @@ async fn nodes_form_a_cluster_replicate_the_layout_and_sync() {
     stranger.node.shutdown();
 
     // A layout applied on one node reaches the others.
-    let roles = [&a, &b, &c]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            (
-                n.node.id(),
-                NodeRole {
-                    zone: format!("z{i}"),
-                    capacity: Some(1),
-                },
-            )
-        })
-        .collect();
-    let (layout, _) = Layout::empty(3).apply(roles).unwrap();
-    a.node.set_layout(layout.clone()).await;
+    let layout = apply_layout([&a, &b, &c], 3).await;
     for n in [&b, &c] {
-        wait_until("the layout arrives", || n.node.layout().version == 1).await;
         assert_eq!(n.node.layout(), layout);
     }
 
