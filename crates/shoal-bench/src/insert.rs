@@ -14,6 +14,9 @@ use crate::sync::{Bench, bench_item};
 pub struct Args {
     #[command(flatten)]
     load: crate::load::LoadArgs,
+    /// Alternating rounds of each configuration; the ratio compares medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Partition keys the writes spread over.
     #[arg(long, default_value_t = 1000)]
     partition_keys: u64,
@@ -32,18 +35,33 @@ struct Figures {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     for &writers in &args.load.writers {
-        let mut pair = Vec::new();
-        for index in [false, true] {
-            let f = measure(args, writers, index)?;
-            println!("{}", serde_json::to_string(&f)?);
-            pair.push(f.inserts_per_sec);
+        // Fsync latency drifts from run to run: alternate the two configurations and compare
+        // medians, so the ratio measures the index and not the disk's mood.
+        let (mut without, mut with) = (Vec::new(), Vec::new());
+        for _ in 0..args.rounds.max(1) {
+            for index in [false, true] {
+                let f = measure(args, writers, index)?;
+                println!("{}", serde_json::to_string(&f)?);
+                if index {
+                    with.push(f.inserts_per_sec);
+                } else {
+                    without.push(f.inserts_per_sec);
+                }
+            }
         }
+        let (a, b) = (median(&mut without), median(&mut with));
         println!(
-            "{{\"bench\":\"insert-ratio\",\"writers\":{writers},\"with_index_over_without\":{:.3}}}",
-            pair[1] / pair[0]
+            "{{\"bench\":\"insert-ratio\",\"writers\":{writers},\"rounds\":{},\"median_without_index\":{a:.0},\"median_with_index\":{b:.0},\"with_index_over_without\":{:.3}}}",
+            without.len(),
+            b / a
         );
     }
     Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    v[v.len() / 2]
 }
 
 fn measure(args: &Args, writers: usize, index: bool) -> anyhow::Result<Figures> {
