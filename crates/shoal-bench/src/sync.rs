@@ -134,7 +134,7 @@ struct Node {
 
 fn open(path: &Path) -> anyhow::Result<Node> {
     let store = Store::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let index = PartitionIndex::new(Bench::TABLE_NAME, IdKey::insecure_default());
+    let index = PartitionIndex::open(&store, Bench::TABLE_NAME, IdKey::insecure_default())?;
     let table = Table::<Bench>::new(store).with_hook(index.clone());
     Ok(Node { table, index })
 }

@@ -59,7 +59,9 @@ async fn start(secret: &ClusterSecret, bootstrap: Vec<String>) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let key = NodeKey::load_or_create(dir.path()).unwrap();
     let store = Store::open(dir.path().join("db.redb")).unwrap();
-    let index = PartitionIndex::new("kv", IdKey::derive(secret.as_bytes()));
+    let index = PartitionIndex::open_async(&store, "kv", IdKey::derive(secret.as_bytes()))
+        .await
+        .unwrap();
     let table = Table::<KvTable>::new(store).with_hook(index.clone());
     let config = NodeConfig {
         bootstrap,
@@ -319,7 +321,10 @@ async fn a_fully_replicated_table_reaches_every_node() {
     let (a, b, c, _) = formed_cluster(&secret, 2).await;
     let mut sys = Vec::new();
     for n in [&a, &b, &c] {
-        let index = PartitionIndex::new("sys", IdKey::derive(secret.as_bytes()));
+        let index =
+            PartitionIndex::open_async(n.table.store(), "sys", IdKey::derive(secret.as_bytes()))
+                .await
+                .unwrap();
         let t = Table::<SysTable>::new(n.table.store().clone()).with_hook(index.clone());
         n.node.add_full_table(Arc::new((t.clone(), index)));
         sys.push(t);

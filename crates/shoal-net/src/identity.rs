@@ -62,6 +62,20 @@ impl NodeKey {
         }
     }
 
+    /// The keypair of a given X25519 private key: for simulations and tests that need node ids
+    /// fixed by a seed. A product node uses [`NodeKey::load_or_create`].
+    pub fn from_secret_bytes(private: [u8; 32]) -> Self {
+        use snow::resolvers::{CryptoResolver, DefaultResolver};
+        let mut dh = DefaultResolver
+            .resolve_dh(&snow::params::DHChoice::Curve25519)
+            .expect("the default resolver has X25519");
+        dh.set(&private);
+        NodeKey {
+            public: dh.pubkey().try_into().expect("32-byte public key"),
+            private,
+        }
+    }
+
     /// The node's id: its public key.
     pub fn node_id(&self) -> NodeId {
         NodeId(self.public)
@@ -86,10 +100,13 @@ impl NodeKey {
                         detail: format!("{} bytes, expected 64", bytes.len()),
                     });
                 }
-                let key = NodeKey {
-                    private: bytes[..32].try_into().expect("32"),
-                    public: bytes[32..].try_into().expect("32"),
-                };
+                let key = NodeKey::from_secret_bytes(bytes[..32].try_into().expect("32"));
+                if key.public[..] != bytes[32..] {
+                    return Err(IdentityError::Malformed {
+                        path,
+                        detail: "the public key does not belong to the private key".into(),
+                    });
+                }
                 Ok(key)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -180,6 +197,19 @@ mod tests {
         let a = NodeKey::load_or_create(dir.path()).unwrap();
         let b = NodeKey::load_or_create(dir.path()).unwrap();
         assert_eq!(a.node_id(), b.node_id());
+        assert_eq!(
+            NodeKey::from_secret_bytes(a.private).node_id(),
+            a.node_id(),
+            "the public key is derived from the private one"
+        );
+        // A key file whose halves do not belong together is refused, not trusted.
+        let mut bytes = a.private.to_vec();
+        bytes.extend_from_slice(&[9u8; 32]);
+        std::fs::write(dir.path().join(KEY_FILE), &bytes).unwrap();
+        assert!(matches!(
+            NodeKey::load_or_create(dir.path()),
+            Err(IdentityError::Malformed { .. })
+        ));
         std::fs::write(dir.path().join(KEY_FILE), b"short").unwrap();
         assert!(matches!(
             NodeKey::load_or_create(dir.path()),

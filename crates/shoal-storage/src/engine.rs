@@ -125,7 +125,18 @@ pub trait WriteTx: ReadView {
     fn put(&mut self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StorageError>;
     /// Removes `key` from `tree` (nothing happens if it is absent).
     fn delete(&mut self, tree: &str, key: &[u8]) -> Result<(), StorageError>;
+
+    /// Runs `action` once the commit carrying this transaction has succeeded, on the engine's
+    /// writer, before any later transaction runs and before the transaction is acknowledged. If
+    /// the transaction aborts or its commit fails, `action` is dropped without being called.
+    ///
+    /// This is how in-memory state derived from the store (the partition index's heads) follows
+    /// exactly the committed writes, without a caller having to survive until the commit.
+    fn after_commit(&mut self, action: AfterCommit);
 }
+
+/// An action run after a successful commit: see [`WriteTx::after_commit`].
+pub type AfterCommit = Box<dyn FnOnce() + Send>;
 
 /// What a transaction closure decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

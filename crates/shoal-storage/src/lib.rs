@@ -36,8 +36,8 @@ mod redb_engine;
 mod store;
 
 pub use engine::{
-    Direction, Engine, EngineStats, Entries, JobOutcome, KeyRange, ReadView, WriteCallback,
-    WriteJob, WriteTx,
+    AfterCommit, Direction, Engine, EngineStats, Entries, JobOutcome, KeyRange, ReadView,
+    WriteCallback, WriteJob, WriteTx,
 };
 pub use error::{OpenError, StorageError, TxError};
 pub use memory::MemoryEngine;

@@ -125,8 +125,10 @@ impl Engine for MemoryEngine {
         let result = {
             let mut trees = self.lock();
             let base = MemBase(RefCell::new(&mut *trees));
-            run_job(&base, job).map(|_| ())
+            run_job(&base, job)
         };
+        // The memory engine's commit is the apply itself: run the actions at once.
+        let result = result.map(|actions| actions.into_iter().flatten().for_each(|a| a()));
         done(result);
     }
 

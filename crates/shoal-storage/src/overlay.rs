@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use crate::{Direction, Entries, KeyRange, ReadView, StorageError, WriteTx};
+use crate::{AfterCommit, Direction, Entries, KeyRange, ReadView, StorageError, WriteTx};
 
 /// The shared state a transaction overlays: the engine's open write transaction.
 pub(crate) trait WriteBase {
@@ -29,6 +29,8 @@ pub(crate) struct Overlay<'b, B: WriteBase> {
     base: &'b B,
     /// Per tree, key → `Some(value)` written or `None` deleted.
     writes: BTreeMap<String, TreeWrites>,
+    /// Run after the commit carrying this transaction succeeds.
+    after_commit: Vec<AfterCommit>,
 }
 
 impl<'b, B: WriteBase> Overlay<'b, B> {
@@ -36,6 +38,7 @@ impl<'b, B: WriteBase> Overlay<'b, B> {
         Overlay {
             base,
             writes: BTreeMap::new(),
+            after_commit: Vec::new(),
         }
     }
 
@@ -47,8 +50,9 @@ impl<'b, B: WriteBase> Overlay<'b, B> {
         self.writes.get_mut(tree).expect("just inserted")
     }
 
-    /// Applies the buffered writes to the base, in key order.
-    pub(crate) fn apply(self) -> Result<(), StorageError> {
+    /// Applies the buffered writes to the base, in key order, and returns the actions to run
+    /// once they are committed.
+    pub(crate) fn apply(self) -> Result<Vec<AfterCommit>, StorageError> {
         for (tree, writes) in &self.writes {
             for (key, value) in writes {
                 match value {
@@ -57,7 +61,7 @@ impl<'b, B: WriteBase> Overlay<'b, B> {
                 }
             }
         }
-        Ok(())
+        Ok(self.after_commit)
     }
 }
 
@@ -137,14 +141,19 @@ impl<B: WriteBase> WriteTx for Overlay<'_, B> {
         self.tree_writes(tree).insert(key.to_vec(), None);
         Ok(())
     }
+
+    fn after_commit(&mut self, action: AfterCommit) {
+        self.after_commit.push(action);
+    }
 }
 
-/// Runs one transaction over `base`: its writes reach the base only if it commits. A panic in
-/// the closure aborts the transaction and is reported as [`StorageError::Panicked`].
+/// Runs one transaction over `base`: its writes reach the base only if it commits, and then its
+/// after-commit actions are returned for the engine to run once the commit is durable. A panic
+/// in the closure aborts the transaction and is reported as [`StorageError::Panicked`].
 pub(crate) fn run_job<B: WriteBase>(
     base: &B,
     job: crate::WriteJob,
-) -> Result<crate::JobOutcome, StorageError> {
+) -> Result<Option<Vec<AfterCommit>>, StorageError> {
     let mut overlay = Overlay::new(base);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut overlay)))
         .map_err(|payload| {
@@ -155,8 +164,8 @@ pub(crate) fn run_job<B: WriteBase>(
                 .unwrap_or_else(|| "unknown panic".into());
             StorageError::Panicked(msg)
         })?;
-    if outcome == crate::JobOutcome::Commit {
-        overlay.apply()?;
+    match outcome {
+        crate::JobOutcome::Commit => overlay.apply().map(Some),
+        crate::JobOutcome::Abort => Ok(None),
     }
-    Ok(outcome)
 }

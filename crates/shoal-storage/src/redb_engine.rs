@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 use crate::memory::scan_map;
 use crate::overlay::{WriteBase, run_job};
 use crate::{
-    Direction, Engine, EngineStats, Entries, JobOutcome, KeyRange, OpenError, ReadView,
+    AfterCommit, Direction, Engine, EngineStats, Entries, KeyRange, OpenError, ReadView,
     StorageError, WriteCallback, WriteJob,
 };
 
@@ -326,6 +326,7 @@ fn commit_group(db: &redb::Database, group: Vec<Pending>, durability: Durability
     let mut acks: Vec<(WriteCallback, Result<(), StorageError>)> = Vec::with_capacity(group.len());
     let mut any_commit = false;
     let mut fatal = None;
+    let mut after_commit: Vec<AfterCommit> = Vec::new();
     {
         let base = RedbBase {
             txn: &txn,
@@ -337,11 +338,12 @@ fn commit_group(db: &redb::Database, group: Vec<Pending>, durability: Durability
                 continue;
             }
             match run_job(&base, p.job) {
-                Ok(JobOutcome::Commit) => {
+                Ok(Some(actions)) => {
                     any_commit = true;
+                    after_commit.extend(actions);
                     acks.push((p.done, Ok(())));
                 }
-                Ok(JobOutcome::Abort) => acks.push((p.done, Ok(()))),
+                Ok(None) => acks.push((p.done, Ok(()))),
                 Err(StorageError::Panicked(msg)) => {
                     acks.push((p.done, Err(StorageError::Panicked(msg))))
                 }
@@ -364,6 +366,9 @@ fn commit_group(db: &redb::Database, group: Vec<Pending>, durability: Durability
     };
     match result {
         Ok(()) => {
+            for action in after_commit {
+                action();
+            }
             for (done, r) in acks {
                 done(r);
             }

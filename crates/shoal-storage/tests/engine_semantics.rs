@@ -149,6 +149,45 @@ fn transactions_read_their_writes_and_abort_atomically() {
 }
 
 #[test]
+fn after_commit_actions_run_only_for_committed_transactions_before_the_ack() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    for (s, _d) in engines() {
+        let ran = Arc::new(AtomicU32::new(0));
+        let r = ran.clone();
+        s.transact(move |tx| {
+            tx.put("t", b"k", b"v")?;
+            tx.after_commit(Box::new(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            }));
+            Ok::<_, StorageError>(())
+        })
+        .unwrap();
+        assert_eq!(
+            ran.load(Ordering::SeqCst),
+            1,
+            "ran before transact returned"
+        );
+
+        let r = ran.clone();
+        let aborted = s.transact(move |tx| {
+            tx.put("t", b"k2", b"v")?;
+            tx.after_commit(Box::new(move || {
+                r.fetch_add(10, Ordering::SeqCst);
+            }));
+            Err::<(), _>(StorageError::Corrupted("abort on purpose".into()))
+        });
+        assert!(matches!(aborted, Err(TxError::Aborted(_))));
+        assert_eq!(
+            ran.load(Ordering::SeqCst),
+            1,
+            "an aborted transaction runs nothing"
+        );
+        assert_eq!(s.get("t", b"k2").unwrap(), None);
+    }
+}
+
+#[test]
 fn snapshots_do_not_see_later_commits() {
     for (s, _d) in engines() {
         put(&s, "t", b"a", b"1");

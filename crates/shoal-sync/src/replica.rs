@@ -37,7 +37,7 @@ impl<S: Schema> TableReplica<S> {
 
 impl<S: Schema> Replica for TableReplica<S> {
     fn head(&self) -> Result<Head, SyncError> {
-        Ok(self.index.head(self.view(), self.partition)?)
+        Ok(self.index.head(self.partition))
     }
 
     fn scan(&self) -> Result<Arc<PartitionScan>, SyncError> {

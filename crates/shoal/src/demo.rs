@@ -1,6 +1,7 @@
 //! `shoal demo`: Shoal's tables at work on the embedded engine, before the cluster exists.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -78,13 +79,13 @@ fn show(label: &str, t: &Table<Notes>) -> anyhow::Result<Vec<String>> {
 
 pub fn run(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let index = PartitionIndex::new(Notes::TABLE_NAME, IdKey::insecure_default());
-    let open = |name: &str| -> anyhow::Result<Table<Notes>> {
-        let path = dir.join(name);
-        Ok(Table::new(Store::open(&path)?).with_hook(index.clone()))
+    let open = |name: &str| -> anyhow::Result<(Table<Notes>, Arc<PartitionIndex>)> {
+        let store = Store::open(dir.join(name))?;
+        let index = PartitionIndex::open(&store, Notes::TABLE_NAME, IdKey::insecure_default())?;
+        Ok((Table::new(store).with_hook(index.clone()), index))
     };
-    let a = open("replica-a.redb")?;
-    let b = open("replica-b.redb")?;
+    let (a, index_a) = open("replica-a.redb")?;
+    let (b, index_b) = open("replica-b.redb")?;
     let runs = a
         .get(&"demo".into(), &"runs".into())?
         .map_or(0, |n| n.text.get().parse::<u64>().unwrap_or(0))
@@ -119,8 +120,8 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         &String::new(),
     ));
     let t = sync_pair(
-        &TableReplica::new(a.clone(), index.clone(), p),
-        &TableReplica::new(b.clone(), index.clone(), p),
+        &TableReplica::new(a.clone(), index_a.clone(), p),
+        &TableReplica::new(b.clone(), index_b.clone(), p),
     )?;
     let ra = show("replica A", &a)?;
     let rb = show("replica B", &b)?;
@@ -137,8 +138,8 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         "  converged: both replicas hold identical items (last writer wins per note; the deletion stays)"
     );
     let again = sync_pair(
-        &TableReplica::new(a.clone(), index.clone(), p),
-        &TableReplica::new(b.clone(), index.clone(), p),
+        &TableReplica::new(a.clone(), index_a.clone(), p),
+        &TableReplica::new(b.clone(), index_b.clone(), p),
     )?;
     println!(
         "  a second session finds them equal: {} round trip, {} bytes",

@@ -34,7 +34,8 @@ fn open(t: &Target) -> anyhow::Result<(Store, std::sync::Arc<PartitionIndex>)> {
         None => IdKey::insecure_default(),
     };
     let store = Store::open(&t.store)?;
-    Ok((store, PartitionIndex::new(t.table.clone(), key)))
+    let index = PartitionIndex::open(&store, t.table.clone(), key)?;
+    Ok((store, index))
 }
 
 pub fn run(action: Action) -> anyhow::Result<()> {

@@ -26,10 +26,13 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
         system_store: Some(store.clone()),
         ..NodeConfig::default()
     };
-    let index = shoal_sync::index::PartitionIndex::new(
+    let index = shoal_sync::index::PartitionIndex::open_async(
+        &store,
         "kv",
         shoal_sync::ids::IdKey::derive(config.secret().as_bytes()),
-    );
+    )
+    .await
+    .context("opening the kv table's partition index")?;
     let kv = shoal_table::Table::<shoal_cluster::kv::KvTable>::new(store.clone())
         .with_hook(index.clone());
     let node = Node::start(
@@ -42,7 +45,7 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("listening on {}", config.rpc_bind_addr))?;
-    node.add_table(Arc::new((kv, index)));
+    node.add_table(Arc::new((kv, index.clone())));
     node.start_syncer(
         "kv",
         SyncerConfig {
@@ -68,6 +71,11 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     node.shutdown();
+    // Persist the index heads, so the next start rebuilds nothing.
+    let checkpoint = tokio::task::spawn_blocking(move || index.checkpoint(&store)).await?;
+    if let Err(e) = checkpoint {
+        tracing::warn!(error = %e, "index checkpoint at shutdown failed; the next start rebuilds");
+    }
     Ok(())
 }
 

@@ -77,7 +77,8 @@ impl Node {
     }
 
     fn on(store: Store, dir: Option<tempfile::TempDir>) -> Self {
-        let index = PartitionIndex::new(Items::TABLE_NAME, IdKey::insecure_default());
+        let index =
+            PartitionIndex::open(&store, Items::TABLE_NAME, IdKey::insecure_default()).unwrap();
         let table = Table::<Items>::new(store).with_hook(index.clone());
         Node {
             table,
@@ -98,7 +99,7 @@ impl Node {
     }
 
     pub fn head(&self, p: Partition) -> shoal_sync::index::Head {
-        self.index.head(&**self.table.store().engine(), p).unwrap()
+        self.index.head(p)
     }
 }
 
