@@ -144,6 +144,12 @@ type Reply = oneshot::Sender<Result<Vec<u8>, RpcError>>;
 struct Conn {
     serial: u64,
     peer: NodeId,
+    /// The node that dialled: of two connections between the same pair, both nodes keep the
+    /// one dialled by the smaller node id.
+    dialled_by: NodeId,
+    /// Permits of the requests the peer may have in service here at once.
+    permits: Arc<Semaphore>,
+    max_requests: usize,
     tx: mpsc::Sender<Vec<u8>>,
     pending: Mutex<HashMap<u64, Reply>>,
     next_id: AtomicU64,
@@ -152,6 +158,17 @@ struct Conn {
 }
 
 impl Conn {
+    /// Nothing in flight either way: no call waiting for a reply, no request in service, no
+    /// message queued for sending.
+    fn idle(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+            && self.permits.available_permits() == self.max_requests
+            && self.tx.capacity() == self.tx.max_capacity()
+    }
+
     fn close(&self) {
         self.alive.store(false, Ordering::SeqCst);
         for t in self
@@ -182,6 +199,8 @@ struct Inner<T: Transport> {
     config: NetConfig,
     handler: Arc<dyn Handler>,
     conns: Mutex<HashMap<NodeId, Arc<Conn>>>,
+    /// Every registered connection, primary or retiring; closed ones are pruned when counted.
+    all: Mutex<Vec<Arc<Conn>>>,
     addrs: Mutex<HashMap<NodeId, String>>,
     serial: AtomicU64,
     listeners: Mutex<Vec<JoinHandle<()>>>,
@@ -220,6 +239,7 @@ impl<T: Transport> Network<T> {
                 config,
                 handler,
                 conns: Mutex::new(HashMap::new()),
+                all: Mutex::new(Vec::new()),
                 addrs: Mutex::new(HashMap::new()),
                 serial: AtomicU64::new(1),
                 listeners: Mutex::new(Vec::new()),
@@ -260,7 +280,10 @@ impl<T: Transport> Network<T> {
                             )
                             .await
                             {
-                                Ok(secured) => net.register(secured),
+                                Ok(secured) => {
+                                    let peer = secured.peer;
+                                    net.register(secured, peer)
+                                }
                                 Err(e) => {
                                     i.refused.fetch_add(1, Ordering::Relaxed);
                                     warn!(%from, error = %e, "refused an incoming connection");
@@ -313,7 +336,7 @@ impl<T: Transport> Network<T> {
         )
         .await?;
         let peer = secured.peer;
-        self.register(secured);
+        self.register(secured, i.key.node_id());
         self.add_peer_addr(peer, addr.to_string());
         Ok(peer)
     }
@@ -496,15 +519,50 @@ impl<T: Transport> Network<T> {
     }
 
     /// Installs an authenticated connection and starts its reader and writer.
-    fn register<S>(&self, secured: Secured<S>)
+    /// Live connections, including a second one to the same peer that is being retired.
+    pub fn open_connections(&self) -> usize {
+        let mut all = self.inner.all.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|c| c.alive.load(Ordering::SeqCst));
+        all.len()
+    }
+
+    /// Closes `conn` once it has stayed idle for a second: it is the losing duplicate of a
+    /// simultaneous dial, which the peer (applying the same rule) stops using too. The grace
+    /// lets requests the peer sent before it saw the winner complete.
+    fn retire_when_idle(&self, conn: Arc<Conn>) {
+        let net = self.clone();
+        tokio::spawn(async move {
+            let mut quiet = 0;
+            while conn.alive.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if conn.idle() {
+                    quiet += 1;
+                    if quiet >= 5 {
+                        debug!(peer = ?conn.peer, "duplicate connection retired");
+                        conn.close();
+                        net.forget(&conn);
+                        return;
+                    }
+                } else {
+                    quiet = 0;
+                }
+            }
+        });
+    }
+
+    fn register<S>(&self, secured: Secured<S>, dialled_by: NodeId)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let i = &self.inner;
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(i.config.send_queue);
+        let permits = Arc::new(Semaphore::new(i.config.max_concurrent_requests));
         let conn = Arc::new(Conn {
             serial: i.serial.fetch_add(1, Ordering::Relaxed),
             peer: secured.peer,
+            dialled_by,
+            permits: permits.clone(),
+            max_requests: i.config.max_concurrent_requests,
             tx,
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -515,19 +573,34 @@ impl<T: Transport> Network<T> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&secured.peer);
-        {
-            // When both nodes dialled at once, the connection registered first stays the one
-            // calls use; the other still serves the requests the peer sends on it and closes
-            // with it. Closing a live connection here would fail calls in flight on it.
+        i.all
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn.clone());
+        let loser = {
+            // When both nodes dialled at once, both keep the connection dialled by the smaller
+            // node id for their calls; the other is retired once idle (closing it at once would
+            // fail requests already sent on it). A second dial by the same node keeps the old.
             let mut conns = i.conns.lock().unwrap_or_else(|p| p.into_inner());
             match conns.get(&secured.peer) {
                 Some(old) if old.alive.load(Ordering::SeqCst) => {
-                    debug!(peer = ?secured.peer, "second connection to a peer kept for its requests");
+                    if conn.dialled_by < old.dialled_by {
+                        let old = old.clone();
+                        conns.insert(secured.peer, conn.clone());
+                        Some(old)
+                    } else {
+                        Some(conn.clone())
+                    }
                 }
                 _ => {
                     conns.insert(secured.peer, conn.clone());
+                    None
                 }
             }
+        };
+        if let Some(loser) = loser {
+            debug!(peer = ?secured.peer, "second connection to a peer; retiring one when idle");
+            self.retire_when_idle(loser);
         }
         let Secured {
             mut sink,
@@ -555,7 +628,6 @@ impl<T: Transport> Network<T> {
         let net = self.clone();
         let reader_conn = conn.clone();
         let max_message = i.config.max_message;
-        let permits = Arc::new(Semaphore::new(i.config.max_concurrent_requests));
         let reader = tokio::spawn(async move {
             let mut opener = Opener::new(max_message);
             let reason = loop {

@@ -250,3 +250,37 @@ async fn dials_to_a_dead_peer_back_off() {
     let third = b.call(ghost, "echo", vec![]).await;
     assert!(matches!(third, Err(RpcError::Connect { .. })), "{third:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simultaneous_dial_settles_on_one_connection_per_pair() {
+    let s = secret(7);
+    let (a, b) = (node(&s), node(&s));
+    let addr_a = a.listen("127.0.0.1:0").await.unwrap().to_string();
+    let addr_b = b.listen("127.0.0.1:0").await.unwrap().to_string();
+    // Both dial at once, then keep calling each other while the duplicate is retired.
+    let (ra, rb) = tokio::join!(
+        a.connect(&addr_b, Some(b.node_id())),
+        b.connect(&addr_a, Some(a.node_id()))
+    );
+    ra.unwrap();
+    rb.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(a.open_connections(), 2, "both dials succeeded");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut calls = 0;
+    while (a.open_connections(), b.open_connections()) != (1, 1) {
+        assert!(
+            Instant::now() < deadline,
+            "the duplicate connection was never retired"
+        );
+        // Calls in both directions keep succeeding throughout: none lands on a closed link.
+        assert_eq!(a.call(b.node_id(), "echo", vec![1]).await.unwrap(), vec![1]);
+        assert_eq!(b.call(a.node_id(), "echo", vec![2]).await.unwrap(), vec![2]);
+        calls += 2;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(calls > 0);
+    assert_eq!(a.call(b.node_id(), "echo", vec![3]).await.unwrap(), vec![3]);
+    assert_eq!(b.call(a.node_id(), "echo", vec![4]).await.unwrap(), vec![4]);
+    assert_eq!((a.open_connections(), b.open_connections()), (1, 1));
+}
