@@ -36,7 +36,22 @@ pub trait SyncTable: Send + Sync + 'static {
     fn scan_partition(&self, p: u8) -> Result<shoal_storage::Entries, String>;
     /// Removes the items still stored exactly as given; returns how many were removed.
     fn delete_if_unchanged(&self, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<usize, String>;
+    /// Up to `limit` (engine key, encoded item) in `range`, descending if `reverse`.
+    fn scan_range(
+        &self,
+        range: &shoal_storage::KeyRange,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<shoal_storage::Entries, String>;
 }
+
+/// An RPC endpoint added by a higher layer (the API's node-to-node calls): the caller's id and
+/// the request body in, the reply body out.
+pub type Endpoint = Arc<
+    dyn Fn(NodeId, Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 impl<S: shoal_table::Schema> SyncTable
     for (
@@ -81,6 +96,23 @@ impl<S: shoal_table::Schema> SyncTable
     fn delete_if_unchanged(&self, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<usize, String> {
         self.0
             .delete_many_if_equal(items)
+            .map_err(|e| e.to_string())
+    }
+
+    fn scan_range(
+        &self,
+        range: &shoal_storage::KeyRange,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<shoal_storage::Entries, String> {
+        let direction = if reverse {
+            shoal_storage::Direction::Backward
+        } else {
+            shoal_storage::Direction::Forward
+        };
+        self.0
+            .store()
+            .scan(S::TABLE_NAME, range, direction, limit)
             .map_err(|e| e.to_string())
     }
 }
@@ -188,6 +220,52 @@ struct TableRead {
     key: ByteBuf,
 }
 
+/// A range of a table's engine keys, as sent to a replica.
+#[derive(Debug, Serialize, Deserialize)]
+struct TableRange {
+    table: String,
+    start: std::ops::Bound<ByteBuf>,
+    end: std::ops::Bound<ByteBuf>,
+    reverse: bool,
+    limit: u32,
+}
+
+const BUILT_IN_ENDPOINTS: &[&str] = &[
+    "ping",
+    "layout.get",
+    "layout.push",
+    "admin.status",
+    "admin.put",
+    "admin.get",
+    "admin.digests",
+    "admin.layout",
+    "admin.stage",
+    "admin.apply",
+    "sync",
+    "table.write",
+    "table.read",
+    "table.range",
+];
+
+/// Most items one range read returns, whatever the caller asks.
+pub const MAX_RANGE_ITEMS: usize = 1000;
+
+fn bound_to_wire(b: &std::ops::Bound<Vec<u8>>) -> std::ops::Bound<ByteBuf> {
+    match b {
+        std::ops::Bound::Included(k) => std::ops::Bound::Included(ByteBuf::from(k.clone())),
+        std::ops::Bound::Excluded(k) => std::ops::Bound::Excluded(ByteBuf::from(k.clone())),
+        std::ops::Bound::Unbounded => std::ops::Bound::Unbounded,
+    }
+}
+
+fn bound_from_wire(b: std::ops::Bound<ByteBuf>) -> std::ops::Bound<Vec<u8>> {
+    match b {
+        std::ops::Bound::Included(k) => std::ops::Bound::Included(k.into_vec()),
+        std::ops::Bound::Excluded(k) => std::ops::Bound::Excluded(k.into_vec()),
+        std::ops::Bound::Unbounded => std::ops::Bound::Unbounded,
+    }
+}
+
 /// How a node behaves.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -260,6 +338,7 @@ struct State<T: Transport> {
     layout: RwLock<Layout>,
     peers: Mutex<BTreeMap<NodeId, PeerStatus>>,
     tables: RwLock<HashMap<String, Arc<dyn SyncTable>>>,
+    endpoints: RwLock<HashMap<String, Endpoint>>,
     replication: RwLock<HashMap<String, crate::worklist::Replication>>,
     staged: Mutex<Staged>,
     responders: Mutex<HashMap<SessionKey, Responder>>,
@@ -372,6 +451,7 @@ impl<T: Transport> Node<T> {
                 layout: RwLock::new(layout.clone()),
                 peers: Mutex::new(BTreeMap::new()),
                 tables: RwLock::new(HashMap::new()),
+                endpoints: RwLock::new(HashMap::new()),
                 replication: RwLock::new(HashMap::new()),
                 staged: Mutex::new(staged.clone()),
                 responders: Mutex::new(HashMap::new()),
@@ -548,6 +628,71 @@ impl<T: Transport> Node<T> {
             .map_err(|e| e.to_string())?;
         let v: Option<ByteBuf> = decode(&reply)?;
         Ok(v.map(ByteBuf::into_vec))
+    }
+
+    /// Reads up to `limit` (at most [`MAX_RANGE_ITEMS`]) encoded items of `table` in `range`
+    /// from `node` (this node or a peer).
+    pub async fn range_from(
+        &self,
+        node: NodeId,
+        table: &str,
+        range: shoal_storage::KeyRange,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<shoal_storage::Entries, String> {
+        let limit = limit.min(MAX_RANGE_ITEMS);
+        if node == self.id() {
+            let t = self.table(table)?;
+            return tokio::task::spawn_blocking(move || t.scan_range(&range, reverse, limit))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let body = encode(&TableRange {
+            table: table.to_string(),
+            start: bound_to_wire(&range.start),
+            end: bound_to_wire(&range.end),
+            reverse,
+            limit: limit as u32,
+        });
+        let reply = self
+            .net()
+            .call(node, "table.range", body)
+            .await
+            .map_err(|e| e.to_string())?;
+        let v: Vec<(ByteBuf, ByteBuf)> = decode(&reply)?;
+        Ok(v.into_iter()
+            .map(|(k, v)| (k.into_vec(), v.into_vec()))
+            .collect())
+    }
+
+    /// Adds an RPC endpoint served by a higher layer. Names of the node's own endpoints are
+    /// refused.
+    pub fn add_endpoint(&self, name: &str, endpoint: Endpoint) -> Result<(), String> {
+        if BUILT_IN_ENDPOINTS.contains(&name) {
+            return Err(format!("endpoint {name} is the node's own"));
+        }
+        self.state
+            .endpoints
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), endpoint);
+        Ok(())
+    }
+
+    /// Calls `endpoint` on `node`; on this node, the endpoint runs in place.
+    pub async fn call_endpoint(
+        &self,
+        node: NodeId,
+        endpoint: &str,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        if node == self.id() {
+            return self.serve(node, endpoint, body).await;
+        }
+        self.net()
+            .call(node, endpoint, body)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Registers a table replicated on every node of the layout (small system tables).
@@ -897,7 +1042,37 @@ impl<T: Transport> Node<T> {
                     .map_err(|e| e.to_string())??;
                 Ok(encode(&v.map(ByteBuf::from)))
             }
-            other => Err(format!("unknown endpoint {other}")),
+            "table.range" => {
+                let r: TableRange = decode(&body)?;
+                let table = self.table(&r.table)?;
+                let range = shoal_storage::KeyRange {
+                    start: bound_from_wire(r.start),
+                    end: bound_from_wire(r.end),
+                };
+                let limit = (r.limit as usize).min(MAX_RANGE_ITEMS);
+                let v =
+                    tokio::task::spawn_blocking(move || table.scan_range(&range, r.reverse, limit))
+                        .await
+                        .map_err(|e| e.to_string())??;
+                let v: Vec<(ByteBuf, ByteBuf)> = v
+                    .into_iter()
+                    .map(|(k, v)| (ByteBuf::from(k), ByteBuf::from(v)))
+                    .collect();
+                Ok(encode(&v))
+            }
+            other => {
+                let endpoint = self
+                    .state
+                    .endpoints
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(other)
+                    .cloned();
+                match endpoint {
+                    Some(e) => e(from, body).await,
+                    None => Err(format!("unknown endpoint {other}")),
+                }
+            }
         }
     }
 

@@ -164,4 +164,72 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
         }
         Ok(merged)
     }
+
+    /// Reads the items of `partition_key` in `range` of sort keys (engine-key bounds, from
+    /// [`shoal_table::hash_range`]-style ranges within the partition) from `read_quorum` of
+    /// its nodes: the merge of their answers, in key order (descending if `reverse`), at most
+    /// `limit`. An item one replica lacks is still returned if another has it.
+    pub async fn range(
+        &self,
+        partition_key: &S::PartitionKey,
+        range: shoal_storage::KeyRange,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<S::Entry>, QuorumError> {
+        let p = engine_key(partition_key, &())[0];
+        let nodes = self.node.nodes_for(S::TABLE_NAME, p);
+        if nodes.is_empty() {
+            return Err(QuorumError::NoLayout(p));
+        }
+        let needed = self.read_quorum.min(nodes.len());
+        let (tx, mut rx) = mpsc::channel(nodes.len());
+        for n in &nodes {
+            let (node, tx, n, range) = (self.node.clone(), tx.clone(), *n, range.clone());
+            tokio::spawn(async move {
+                let r = node
+                    .range_from(n, S::TABLE_NAME, range, reverse, limit)
+                    .await;
+                let _ = tx.send(r).await;
+            });
+        }
+        drop(tx);
+        let mut merged: std::collections::BTreeMap<Vec<u8>, S::Entry> = Default::default();
+        let (mut answers, mut errors) = (0, Vec::new());
+        while let Some(r) = rx.recv().await {
+            match r {
+                Ok(items) => {
+                    answers += 1;
+                    for (k, v) in items {
+                        let e =
+                            S::Entry::decode(&v).map_err(|e| QuorumError::Decode(e.to_string()))?;
+                        match merged.get_mut(&k) {
+                            Some(m) => m.merge(&e),
+                            None => {
+                                merged.insert(k, e);
+                            }
+                        }
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+            if answers >= needed || errors.len() > nodes.len() - needed {
+                break;
+            }
+        }
+        if answers < needed {
+            return Err(QuorumError::Read {
+                answers,
+                needed,
+                errors,
+            });
+        }
+        // Each replica returned its first `limit`: the first `limit` of the union are exact
+        // for what these replicas hold.
+        let items: Vec<S::Entry> = if reverse {
+            merged.into_values().rev().take(limit).collect()
+        } else {
+            merged.into_values().take(limit).collect()
+        };
+        Ok(items)
+    }
 }

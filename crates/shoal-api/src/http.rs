@@ -1,0 +1,786 @@
+//! The HTTP surface of the K2V API: request routing, body limits, SigV4 authentication,
+//! content negotiation and the spec's JSON shapes and status codes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use percent_encoding::percent_decode_str;
+use serde::{Deserialize, Serialize};
+use shoal_net::Transport;
+
+use crate::causality::{CausalContext, DvvsValue};
+use crate::counters::IndexQuery;
+use crate::model::K2vItem;
+use crate::service::{Api, ApiError, DEFAULT_LIMIT, SortRange};
+use crate::sigv4;
+
+const CAUSALITY_HEADER: &str = "x-garage-causality-token";
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+/// Longest long poll, as the spec allows.
+const MAX_POLL_SECS: u64 = 600;
+
+pub(crate) async fn serve<T: Transport>(
+    api: Api<T>,
+    bind: &str,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().fallback(handle::<T>).with_state(api);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "K2V API server stopped");
+        }
+    });
+    Ok((addr, task))
+}
+
+/// An error as K2V clients expect it: a status and a JSON body.
+struct Failure {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    path: String,
+    region: String,
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            code: &'a str,
+            message: &'a str,
+            region: &'a str,
+            path: &'a str,
+        }
+        let body = serde_json::to_vec(&Body {
+            code: self.code,
+            message: &self.message,
+            region: &self.region,
+            path: &self.path,
+        })
+        .expect("error bodies encode");
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    }
+}
+
+fn status_of(e: &ApiError) -> (StatusCode, &'static str) {
+    match e {
+        ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "InvalidRequest"),
+        ApiError::AccessDenied(_) => (StatusCode::FORBIDDEN, "AccessDenied"),
+        ApiError::NoSuchBucket(_) => (StatusCode::NOT_FOUND, "NoSuchBucket"),
+        ApiError::NoSuchKey => (StatusCode::NOT_FOUND, "NoSuchKey"),
+        ApiError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
+        ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+    }
+}
+
+struct Ctx<'a, T: Transport> {
+    api: &'a Api<T>,
+    path: String,
+}
+
+impl<T: Transport> Ctx<'_, T> {
+    fn fail(&self, e: ApiError) -> Failure {
+        let (status, code) = status_of(&e);
+        Failure {
+            status,
+            code,
+            message: e.to_string(),
+            path: self.path.clone(),
+            region: self.api.config().region.clone(),
+        }
+    }
+
+    fn custom(&self, status: StatusCode, code: &'static str, message: String) -> Failure {
+        Failure {
+            status,
+            code,
+            message,
+            path: self.path.clone(),
+            region: self.api.config().region.clone(),
+        }
+    }
+}
+
+async fn handle<T: Transport>(State(api): State<Api<T>>, req: Request) -> Response {
+    let ctx = Ctx {
+        api: &api,
+        path: req.uri().path().to_string(),
+    };
+    match handle_inner(&ctx, req).await {
+        Ok(r) => r,
+        Err(f) => {
+            tracing::debug!(status = %f.status, path = %f.path, message = %f.message, "K2V request refused");
+            f.into_response()
+        }
+    }
+}
+
+async fn handle_inner<T: Transport>(ctx: &Ctx<'_, T>, req: Request) -> Result<Response, Failure> {
+    let api = ctx.api;
+    let (parts, body) = req.into_parts();
+    let bad = |m: String| ctx.fail(ApiError::BadRequest(m));
+
+    // Refuse what must be refused before reading a byte of the body.
+    let auth_header = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ctx.fail(ApiError::AccessDenied(
+                sigv4::AuthError::Unsigned.to_string(),
+            ))
+        })?;
+    let auth = sigv4::Authorization::parse(auth_header)
+        .map_err(|e| ctx.fail(ApiError::AccessDenied(e.to_string())))?;
+    let limit = api.config().max_body_bytes;
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(ctx.custom(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "EntityTooLarge",
+            format!("request body of {len} bytes exceeds the limit of {limit}"),
+        ));
+    }
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ctx.custom(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "EntityTooLarge",
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+    })?;
+
+    // Authenticate.
+    let secret = api
+        .key_secret(&auth.key_id)
+        .await
+        .map_err(|e| ctx.fail(e))?
+        .ok_or_else(|| {
+            ctx.fail(ApiError::AccessDenied(
+                sigv4::AuthError::UnknownKey(auth.key_id.clone()).to_string(),
+            ))
+        })?;
+    let headers = &parts.headers;
+    let lookup = |name: &str| -> Option<String> {
+        let values: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    };
+    let body_hash = sigv4::sha256_hex(&body);
+    let now = (crate::now_micros() / 1_000_000) as i64;
+    sigv4::verify(
+        &sigv4::RequestParts {
+            method: parts.method.as_str(),
+            raw_path: parts.uri.path(),
+            raw_query: parts.uri.query().unwrap_or(""),
+            header: &lookup,
+            body_sha256: &body_hash,
+        },
+        &auth,
+        &secret,
+        &api.config().region,
+        now,
+    )
+    .map_err(|e| ctx.fail(ApiError::AccessDenied(e.to_string())))?;
+
+    // Route.
+    let path = parts.uri.path().trim_start_matches('/');
+    let (bucket_raw, pk_raw) = match path.split_once('/') {
+        Some((b, pk)) => (b, Some(pk)),
+        None => (path, None),
+    };
+    let decode = |s: &str| {
+        percent_decode_str(s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| bad("path is not UTF-8".into()))
+    };
+    let bucket = decode(bucket_raw)?;
+    if bucket.is_empty() {
+        return Err(bad("no bucket in the path".into()));
+    }
+    let pk = pk_raw.map(decode).transpose()?;
+    let query = parse_query(parts.uri.query().unwrap_or(""));
+    let method = &parts.method;
+    let writes = matches!(*method, Method::PUT | Method::DELETE)
+        || (*method == Method::POST && pk.is_none() && !query.contains_key("search"));
+    let bucket_id = api
+        .authorize(&bucket, &auth.key_id, writes)
+        .await
+        .map_err(|e| ctx.fail(e))?;
+
+    match (method.as_str(), pk) {
+        ("GET", Some(pk)) => {
+            let sk = required(&query, "sort_key").map_err(bad)?;
+            match query.get("causality_token") {
+                None => read_item(ctx, &bucket_id, &pk, &sk, headers).await,
+                Some(token) => {
+                    let context = parse_token(token).map_err(bad)?;
+                    let timeout = poll_timeout(&query).map_err(bad)?;
+                    match api
+                        .poll_item(&bucket_id, &pk, &sk, &context, timeout)
+                        .await
+                        .map_err(|e| ctx.fail(e))?
+                    {
+                        Some(item) => item_response(ctx, &item, headers),
+                        None => Ok(StatusCode::NOT_MODIFIED.into_response()),
+                    }
+                }
+            }
+        }
+        ("PUT", Some(pk)) => {
+            let sk = required(&query, "sort_key").map_err(bad)?;
+            let context = header_token(headers).map_err(bad)?;
+            api.insert(
+                &bucket_id,
+                &pk,
+                &sk,
+                context.as_ref(),
+                DvvsValue::Value(body.to_vec()),
+            )
+            .await
+            .map_err(|e| ctx.fail(e))?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        ("DELETE", Some(pk)) => {
+            let sk = required(&query, "sort_key").map_err(bad)?;
+            let context = header_token(headers)
+                .map_err(bad)?
+                .ok_or_else(|| bad("DeleteItem needs X-Garage-Causality-Token".into()))?;
+            api.insert(&bucket_id, &pk, &sk, Some(&context), DvvsValue::Deleted)
+                .await
+                .map_err(|e| ctx.fail(e))?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        ("POST", Some(pk)) if query.contains_key("poll_range") => {
+            poll_range(ctx, &bucket_id, &pk, &body).await
+        }
+        ("GET", None) => read_index(ctx, &bucket_id, &query).await,
+        ("POST", None) if query.contains_key("search") => read_batch(ctx, &bucket_id, &body).await,
+        ("SEARCH", None) => read_batch(ctx, &bucket_id, &body).await,
+        ("POST", None) if query.contains_key("delete") => {
+            delete_batch(ctx, &bucket_id, &body).await
+        }
+        ("POST", None) => insert_batch(ctx, &bucket_id, &body).await,
+        (m, _) => Err(ctx.custom(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{m} is not a K2V operation on this path"),
+        )),
+    }
+}
+
+fn parse_query(raw: &str) -> HashMap<String, String> {
+    raw.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let d = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+            (d(k), d(v))
+        })
+        .collect()
+}
+
+fn required(q: &HashMap<String, String>, name: &str) -> Result<String, String> {
+    q.get(name)
+        .cloned()
+        .ok_or_else(|| format!("query parameter {name} is required"))
+}
+
+fn parse_token(t: &str) -> Result<CausalContext, String> {
+    CausalContext::decode(t).map_err(|e| e.to_string())
+}
+
+fn header_token(h: &HeaderMap) -> Result<Option<CausalContext>, String> {
+    match h.get(CAUSALITY_HEADER) {
+        None => Ok(None),
+        Some(v) => {
+            let s = v
+                .to_str()
+                .map_err(|_| "causality token is not ASCII".to_string())?;
+            parse_token(s).map(Some)
+        }
+    }
+}
+
+fn poll_timeout(q: &HashMap<String, String>) -> Result<Duration, String> {
+    let secs = match q.get("timeout") {
+        None => 300,
+        Some(t) => t
+            .parse::<u64>()
+            .map_err(|_| format!("timeout {t} is not a number of seconds"))?,
+    };
+    Ok(Duration::from_secs(secs.min(MAX_POLL_SECS)))
+}
+
+fn json<V: Serialize>(status: StatusCode, v: &V) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(v).expect("responses encode"),
+    )
+        .into_response()
+}
+
+fn values_json(item: &K2vItem) -> Vec<Option<String>> {
+    item.dvvs
+        .values()
+        .into_iter()
+        .map(|v| match v {
+            DvvsValue::Value(b) => Some(B64.encode(b)),
+            DvvsValue::Deleted => None,
+        })
+        .collect()
+}
+
+async fn read_item<T: Transport>(
+    ctx: &Ctx<'_, T>,
+    bucket_id: &str,
+    pk: &str,
+    sk: &str,
+    headers: &HeaderMap,
+) -> Result<Response, Failure> {
+    let item = ctx
+        .api
+        .read(bucket_id, pk, sk)
+        .await
+        .map_err(|e| ctx.fail(e))?
+        .ok_or_else(|| ctx.fail(ApiError::NoSuchKey))?;
+    item_response(ctx, &item, headers)
+}
+
+/// ReadItem's content negotiation, as the spec lays it out.
+fn item_response<T: Transport>(
+    ctx: &Ctx<'_, T>,
+    item: &K2vItem,
+    headers: &HeaderMap,
+) -> Result<Response, Failure> {
+    let accept: Vec<String> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .collect();
+    let any = accept.iter().any(|a| a == "*/*");
+    let (json_ok, raw_ok) = if accept.is_empty() {
+        (true, false)
+    } else {
+        (
+            any || accept.iter().any(|a| a == "application/json"),
+            accept.iter().any(|a| a == "application/octet-stream"),
+        )
+    };
+    let token = HeaderValue::from_str(&item.dvvs.context().encode()).expect("base64 is ASCII");
+    let values = item.dvvs.values();
+    let mut response = if raw_ok && values.len() == 1 {
+        match values[0] {
+            DvvsValue::Value(b) => (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                b.clone(),
+            )
+                .into_response(),
+            DvvsValue::Deleted => (
+                StatusCode::NO_CONTENT,
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+            )
+                .into_response(),
+        }
+    } else if json_ok {
+        json(StatusCode::OK, &values_json(item))
+    } else if raw_ok {
+        (
+            StatusCode::CONFLICT,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+        )
+            .into_response()
+    } else {
+        return Err(ctx.custom(
+            StatusCode::NOT_ACCEPTABLE,
+            "NotAcceptable",
+            "Accept must allow application/json or application/octet-stream".into(),
+        ));
+    };
+    response.headers_mut().insert(CAUSALITY_HEADER, token);
+    Ok(response)
+}
+
+#[derive(Deserialize, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Search {
+    #[serde(default)]
+    partition_key: String,
+    prefix: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    limit: Option<u64>,
+    #[serde(default)]
+    reverse: bool,
+    #[serde(default)]
+    single_item: bool,
+    #[serde(default)]
+    conflicts_only: bool,
+    #[serde(default)]
+    tombstones: bool,
+}
+
+#[derive(Serialize)]
+struct ItemJson {
+    sk: String,
+    ct: String,
+    v: Vec<Option<String>>,
+}
+
+fn item_json(item: &K2vItem) -> ItemJson {
+    ItemJson {
+        sk: item.sk.clone(),
+        ct: item.dvvs.context().encode(),
+        v: values_json(item),
+    }
+}
+
+fn parse_json<'a, V: Deserialize<'a>, T: Transport>(
+    ctx: &Ctx<'_, T>,
+    body: &'a [u8],
+) -> Result<V, Failure> {
+    serde_json::from_slice(body)
+        .map_err(|e| ctx.fail(ApiError::BadRequest(format!("malformed JSON body: {e}"))))
+}
+
+async fn read_batch<T: Transport>(
+    ctx: &Ctx<'_, T>,
+    bucket_id: &str,
+    body: &Bytes,
+) -> Result<Response, Failure> {
+    let searches: Vec<Search> = parse_json(ctx, body)?;
+    let mut out = Vec::with_capacity(searches.len());
+    for s in searches {
+        let (items, next_start) = run_search(ctx, bucket_id, &s).await?;
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Result {
+            #[serde(flatten)]
+            search: Search,
+            items: Vec<ItemJson>,
+            more: bool,
+            next_start: Option<String>,
+        }
+        out.push(Result {
+            search: s,
+            items: items.iter().map(item_json).collect(),
+            more: next_start.is_some(),
+            next_start,
+        });
+    }
+    Ok(json(StatusCode::OK, &out))
+}
+
+async fn run_search<T: Transport>(
+    ctx: &Ctx<'_, T>,
+    bucket_id: &str,
+    s: &Search,
+) -> Result<(Vec<K2vItem>, Option<String>), Failure> {
+    if s.single_item {
+        let sk = s.start.as_ref().ok_or_else(|| {
+            ctx.fail(ApiError::BadRequest(
+                "singleItem needs start (the sort key)".into(),
+            ))
+        })?;
+        let item = ctx
+            .api
+            .read(bucket_id, &s.partition_key, sk)
+            .await
+            .map_err(|e| ctx.fail(e))?;
+        let keep = item.filter(|i| {
+            (s.tombstones || !i.dvvs.is_tombstone())
+                && (!s.conflicts_only || i.dvvs.values().len() > 1)
+        });
+        return Ok((keep.into_iter().collect(), None));
+    }
+    let range = SortRange {
+        prefix: s.prefix.clone(),
+        start: s.start.clone(),
+        end: s.end.clone(),
+        reverse: s.reverse,
+    };
+    let limit = s
+        .limit
+        .map_or(DEFAULT_LIMIT, |l| (l as usize).min(DEFAULT_LIMIT));
+    let page = ctx
+        .api
+        .list(bucket_id, &s.partition_key, &range, limit, |i| {
+            (s.tombstones || !i.dvvs.is_tombstone())
+                && (!s.conflicts_only || i.dvvs.values().len() > 1)
+        })
+        .await
+        .map_err(|e| ctx.fail(e))?;
+    Ok((page.items, page.next_start))
+}
+
+async fn insert_batch<T: Transport>(
+    ctx: &Ctx<'_, T>,
+    bucket_id: &str,
+    body: &Bytes,
+) -> Result<Response, Failure> {
+    #[derive(Deserialize)]
+    struct Insert {
+        pk: String,
+        sk: String,
+        ct: Option<String>,
+        v: Option<String>,
+    }
+    let inserts: Vec<Insert> = parse_json(ctx, body)?;
+    let mut writes = Vec::with_capacity(inserts.len());
+    for i in inserts {
+        let context =
+            i.ct.as_deref()
+                .map(parse_token)
+                .transpose()
+                .map_err(|e| ctx.fail(ApiError::BadRequest(e)))?;
+        let value = match i.v {
+            Some(b) => DvvsValue::Value(B64.decode(b).map_err(|_| {
+                ctx.fail(ApiError::BadRequest(format!(
+                    "value of {}/{} is not base64",
+                    i.pk, i.sk
+                )))
+            })?),
+            None => DvvsValue::Deleted,
+        };
+        writes.push((i.pk, i.sk, context, value));
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for (pk, sk, context, value) in writes {
+        let (api, bucket_id) = (ctx.api.clone(), bucket_id.to_string());
+        set.spawn(async move {
+            api.insert(&bucket_id, &pk, &sk, context.as_ref(), value)
+                .await
+        });
+    }
+    let mut failure = None;
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(e),
+            Err(e) => failure = Some(ApiError::Internal(e.to_string())),
+        }
+    }
+    match failure {
+        Some(e) => Err(ctx.fail(e)),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+async fn delete_batch<T: Transport>(
+    ctx: &Ctx<'_, T>,
+    bucket_id: &str,
+    body: &Bytes,
+) -> Result<Response, Failure> {
+    let searches: Vec<Search> = parse_json(ctx, body)?;
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Deleted {
+        partition_key: String,
+        prefix: Option<String>,
+        start: Option<String>,
+        end: Option<String>,
+        single_item: bool,
+        deleted_items: u64,
+    }
+    let mut out = Vec::new();
+    for s in searches {
+        let mut deleted = 0u64;
+        loop {
+            // Each pass deletes what it lists; listing again finds only what is left.
+            let search = Search {
+                partition_key: s.partition_key.clone(),
+                prefix: s.prefix.clone(),
+                start: s.start.clone(),
+                end: s.end.clone(),
+                limit: Some(DEFAULT_LIMIT as u64),
+                single_item: s.single_item,
+                ..Search::default()
+            };
+            let (items, more) = run_search(ctx, bucket_id, &search).await?;
+            for item in &items {
+                ctx.api
+                    .insert(
+                        bucket_id,
+                        &s.partition_key,
+                        &item.sk,
+                        Some(&item.dvvs.context()),
+                        DvvsValue::Deleted,
+                    )
+                    .await
+                    .map_err(|e| ctx.fail(e))?;
+                deleted += 1;
+            }
+            if more.is_none() || items.is_empty() {
+                break;
+            }
+        }
+        out.push(Deleted {
+            partition_key: s.partition_key,
+            prefix: s.prefix,
+            start: s.start,
+            end: s.end,
+            single_item: s.single_item,
+            deleted_items: deleted,
+        });
+    }
+    Ok(json(StatusCode::OK, &out))
+}
+
+async fn read_index<T: Transport>(
+    ctx: &Ctx<'_, T>,
+    bucket_id: &str,
+    query: &HashMap<String, String>,
+) -> Result<Response, Failure> {
+    let limit = match query.get("limit") {
+        Some(l) => Some(
+            l.parse::<usize>()
+                .map_err(|_| ctx.fail(ApiError::BadRequest(format!("limit {l}"))))?,
+        ),
+        None => None,
+    };
+    let reverse = match query.get("reverse").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(ctx.fail(ApiError::BadRequest(format!("reverse {other}")))),
+    };
+    let q = IndexQuery {
+        bucket: bucket_id.to_string(),
+        prefix: query.get("prefix").cloned(),
+        start: query.get("start").cloned(),
+        end: query.get("end").cloned(),
+        reverse,
+        limit: limit.unwrap_or(DEFAULT_LIMIT).min(DEFAULT_LIMIT),
+    };
+    let page = ctx
+        .api
+        .read_index(q.clone())
+        .await
+        .map_err(|e| ctx.fail(e))?;
+    #[derive(Serialize)]
+    struct Pk {
+        pk: String,
+        entries: i64,
+        conflicts: i64,
+        values: i64,
+        bytes: i64,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Out {
+        prefix: Option<String>,
+        start: Option<String>,
+        end: Option<String>,
+        limit: Option<usize>,
+        reverse: bool,
+        partition_keys: Vec<Pk>,
+        more: bool,
+        next_start: Option<String>,
+    }
+    Ok(json(
+        StatusCode::OK,
+        &Out {
+            prefix: q.prefix,
+            start: q.start,
+            end: q.end,
+            limit,
+            reverse,
+            partition_keys: page
+                .keys
+                .into_iter()
+                .map(|(pk, c)| Pk {
+                    pk,
+                    entries: c.entries,
+                    conflicts: c.conflicts,
+                    values: c.values,
+                    bytes: c.bytes,
+                })
+                .collect(),
+            more: page.next_start.is_some(),
+            next_start: page.next_start,
+        },
+    ))
+}
+
+async fn poll_range<T: Transport>(
+    ctx: &Ctx<'_, T>,
+    bucket_id: &str,
+    pk: &str,
+    body: &Bytes,
+) -> Result<Response, Failure> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Poll {
+        prefix: Option<String>,
+        start: Option<String>,
+        end: Option<String>,
+        seen_marker: Option<String>,
+        timeout: Option<u64>,
+    }
+    let p: Poll = parse_json(ctx, body)?;
+    let seen = p
+        .seen_marker
+        .as_deref()
+        .map(parse_token)
+        .transpose()
+        .map_err(|e| ctx.fail(ApiError::BadRequest(e)))?;
+    let range = SortRange {
+        prefix: p.prefix,
+        start: p.start,
+        end: p.end,
+        reverse: false,
+    };
+    let timeout = Duration::from_secs(p.timeout.unwrap_or(300).min(MAX_POLL_SECS));
+    match ctx
+        .api
+        .poll_range(bucket_id, pk, &range, seen.as_ref(), timeout)
+        .await
+        .map_err(|e| ctx.fail(e))?
+    {
+        None => Ok(StatusCode::NOT_MODIFIED.into_response()),
+        Some((items, marker)) => {
+            #[derive(Serialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Out {
+                items: Vec<ItemJson>,
+                seen_marker: String,
+            }
+            Ok(json(
+                StatusCode::OK,
+                &Out {
+                    items: items.iter().map(item_json).collect(),
+                    seen_marker: marker.encode(),
+                },
+            ))
+        }
+    }
+}

@@ -1,0 +1,784 @@
+//! The API's operations, independent of HTTP: K2V reads and writes through quorum replication,
+//! ReadIndex over every node's counts, long polls, access keys and buckets.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use shoal_cluster::node::Node;
+use shoal_cluster::replication::{QuorumError, Replicated};
+use shoal_net::Transport;
+use shoal_storage::{KeyRange, Store};
+use shoal_sync::ids::IdKey;
+use shoal_sync::index::PartitionIndex;
+use shoal_table::crdt::{Flag, Lww, LwwMap};
+use shoal_table::{Table, engine_key};
+use tokio::sync::watch;
+
+use crate::causality::{CausalContext, Dvvs, DvvsValue, WriterId};
+use crate::counters::{Counts, IndexQuery, K2vCounters};
+use crate::model::{
+    AccessKey, Bucket, BucketTable, K2vItem, K2vPartition, K2vTable, KeyTable, Permission,
+    SYSTEM_PK, stamp_now,
+};
+
+/// How the API behaves.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The region clients sign for.
+    pub region: String,
+    /// Request bodies above this are refused (413) before being read.
+    pub max_body_bytes: usize,
+    /// Acknowledgements a write waits for.
+    pub write_quorum: usize,
+    /// Answers a read waits for.
+    pub read_quorum: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            region: "shoal".into(),
+            max_body_bytes: 8 << 20,
+            write_quorum: 2,
+            read_quorum: 2,
+        }
+    }
+}
+
+/// Why an API operation failed; each maps to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed request (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Not authenticated or not allowed (403).
+    #[error("{0}")]
+    AccessDenied(String),
+    /// No such bucket (404).
+    #[error("no bucket {0}")]
+    NoSuchBucket(String),
+    /// No such item (404).
+    #[error("no item with this key")]
+    NoSuchKey,
+    /// The name is taken (409).
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// Quorum not reached, storage failure (500): a write may still have reached some nodes.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<QuorumError> for ApiError {
+    fn from(e: QuorumError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+struct Inner<T: Transport> {
+    node: Node<T>,
+    store: Store,
+    items: Replicated<K2vTable, T>,
+    keys: Replicated<KeyTable, T>,
+    buckets: Replicated<BucketTable, T>,
+    keys_local: Table<KeyTable>,
+    buckets_local: Table<BucketTable>,
+    writer: WriterId,
+    clock: AtomicU64,
+    changes: watch::Receiver<u64>,
+    config: ApiConfig,
+}
+
+/// The API of one node. Cheap to clone.
+pub struct Api<T: Transport> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T: Transport> Clone for Api<T> {
+    fn clone(&self) -> Self {
+        Api {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// A range of sort keys within one partition key, as K2V's searches give it.
+#[derive(Debug, Clone, Default)]
+pub struct SortRange {
+    /// Only sort keys with this prefix.
+    pub prefix: Option<String>,
+    /// First sort key (the highest when `reverse`).
+    pub start: Option<String>,
+    /// Sort key where the listing stops, excluded.
+    pub end: Option<String>,
+    /// Descending order.
+    pub reverse: bool,
+}
+
+/// A page of items.
+#[derive(Debug, Clone)]
+pub struct ItemPage {
+    /// Items in order.
+    pub items: Vec<K2vItem>,
+    /// The first sort key not returned, when the limit stopped the listing.
+    pub next_start: Option<String>,
+}
+
+/// A page of ReadIndex.
+#[derive(Debug, Clone)]
+pub struct IndexPage {
+    /// Partition keys and their counts.
+    pub keys: Vec<(String, Counts)>,
+    /// The first partition key not returned, when the limit stopped the listing.
+    pub next_start: Option<String>,
+}
+
+/// A key as `shoal key` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// Access key id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Secret.
+    pub secret: String,
+}
+
+/// A bucket as `shoal bucket` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BucketInfo {
+    /// Name.
+    pub name: String,
+    /// Id.
+    pub id: String,
+    /// Key id → (read, write).
+    pub grants: Vec<(String, bool, bool)>,
+}
+
+/// Most items one search returns when the client sets no limit.
+pub const DEFAULT_LIMIT: usize = 1000;
+
+impl<T: Transport> Api<T> {
+    /// Opens the API's tables in `store`, registers them with `node` (K2V items sharded, keys
+    /// and buckets fully replicated) and adds the API's node-to-node endpoints. The caller
+    /// starts the tables' syncers.
+    pub async fn install(
+        node: &Node<T>,
+        store: &Store,
+        id_key: IdKey,
+        config: ApiConfig,
+    ) -> Result<Self, ApiError> {
+        let internal = |e: shoal_storage::StorageError| ApiError::Internal(e.to_string());
+        let (counters, changes) = K2vCounters::new();
+        let items_index = PartitionIndex::open_async(store, "k2v", id_key.clone())
+            .await
+            .map_err(internal)?;
+        let items_table = Table::<K2vTable>::new(store.clone())
+            .with_hook(items_index.clone())
+            .with_hook(counters);
+        let keys_index = PartitionIndex::open_async(store, "keys", id_key.clone())
+            .await
+            .map_err(internal)?;
+        let keys_local = Table::<KeyTable>::new(store.clone()).with_hook(keys_index.clone());
+        let buckets_index = PartitionIndex::open_async(store, "buckets", id_key)
+            .await
+            .map_err(internal)?;
+        let buckets_local =
+            Table::<BucketTable>::new(store.clone()).with_hook(buckets_index.clone());
+        node.add_table(Arc::new((items_table, items_index)));
+        node.add_full_table(Arc::new((keys_local.clone(), keys_index)));
+        node.add_full_table(Arc::new((buckets_local.clone(), buckets_index)));
+
+        let (w, r) = (config.write_quorum, config.read_quorum);
+        let writer = u64::from_be_bytes(node.id().0[..8].try_into().expect("8 bytes"));
+        let api = Api {
+            inner: Arc::new(Inner {
+                node: node.clone(),
+                store: store.clone(),
+                items: Replicated::new(node.clone(), w, r),
+                keys: Replicated::new(node.clone(), w, r),
+                buckets: Replicated::new(node.clone(), w, r),
+                keys_local,
+                buckets_local,
+                writer,
+                clock: AtomicU64::new(crate::now_micros()),
+                changes,
+                config,
+            }),
+        };
+        let store = store.clone();
+        node.add_endpoint(
+            "k2v.index",
+            Arc::new(move |_from, body| {
+                let store = store.clone();
+                Box::pin(async move {
+                    let q: IndexQuery =
+                        rmp_serde::from_slice(&body).map_err(|e| format!("malformed: {e}"))?;
+                    let rows = tokio::task::spawn_blocking(move || {
+                        crate::counters::local_counts(&store, &q)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                    Ok(rmp_serde::to_vec_named(&rows).expect("counts encode"))
+                })
+            }),
+        )
+        .map_err(ApiError::Internal)?;
+        api.add_admin_endpoints()?;
+        Ok(api)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ApiConfig {
+        &self.inner.config
+    }
+
+    /// Serves the HTTP API on `bind` until the returned task is aborted.
+    pub async fn serve(
+        &self,
+        bind: &str,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        crate::http::serve(self.clone(), bind).await
+    }
+
+    fn next_time(&self, context: Option<&CausalContext>) -> u64 {
+        let now = crate::now_micros();
+        let mut t = 0;
+        let _ = self
+            .inner
+            .clock
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                t = Dvvs::next_time(self.inner.writer, now.max(last + 1), context);
+                Some(t)
+            });
+        t
+    }
+
+    // ---- K2V items ----------------------------------------------------------------------
+
+    /// Writes `value` (a deletion if `DvvsValue::Deleted`) superseding what `context` saw.
+    pub async fn insert(
+        &self,
+        bucket_id: &str,
+        pk: &str,
+        sk: &str,
+        context: Option<&CausalContext>,
+        value: DvvsValue,
+    ) -> Result<(), ApiError> {
+        let time = self.next_time(context);
+        let item = K2vItem {
+            partition: K2vPartition {
+                bucket: bucket_id.into(),
+                pk: pk.into(),
+            },
+            sk: sk.into(),
+            dvvs: Dvvs::write(self.inner.writer, time, context, value),
+        };
+        Ok(self.inner.items.insert(&item).await?)
+    }
+
+    /// Reads an item through a read quorum.
+    pub async fn read(
+        &self,
+        bucket_id: &str,
+        pk: &str,
+        sk: &str,
+    ) -> Result<Option<K2vItem>, ApiError> {
+        let partition = K2vPartition {
+            bucket: bucket_id.into(),
+            pk: pk.into(),
+        };
+        Ok(self.inner.items.get(&partition, &sk.to_string()).await?)
+    }
+
+    /// Lists items of a partition key: up to `limit` that `keep` accepts, and where to go on.
+    pub async fn list(
+        &self,
+        bucket_id: &str,
+        pk: &str,
+        range: &SortRange,
+        limit: usize,
+        keep: impl Fn(&K2vItem) -> bool,
+    ) -> Result<ItemPage, ApiError> {
+        let partition = K2vPartition {
+            bucket: bucket_id.into(),
+            pk: pk.into(),
+        };
+        let hash = engine_key(&partition, &String::new());
+        let with = |sk: &str| {
+            let mut k = hash.clone();
+            k.extend_from_slice(sk.as_bytes());
+            k
+        };
+        let prefix_range = KeyRange::prefix(&with(range.prefix.as_deref().unwrap_or("")));
+        let mut key_range = prefix_range.clone();
+        if range.reverse {
+            if let Some(s) = &range.start {
+                key_range.end = tighter_end(key_range.end, Bound::Included(with(s)));
+            }
+            if let Some(e) = &range.end {
+                key_range.start = tighter_start(key_range.start, Bound::Excluded(with(e)));
+            }
+        } else {
+            if let Some(s) = &range.start {
+                key_range.start = tighter_start(key_range.start, Bound::Included(with(s)));
+            }
+            if let Some(e) = &range.end {
+                key_range.end = tighter_end(key_range.end, Bound::Excluded(with(e)));
+            }
+        }
+        let mut items = Vec::new();
+        let page = shoal_cluster::node::MAX_RANGE_ITEMS;
+        loop {
+            let batch = self
+                .inner
+                .items
+                .range(&partition, key_range.clone(), range.reverse, page)
+                .await?;
+            let full = batch.len() == page;
+            let last_key = batch.last().map(|i| with(&i.sk));
+            for item in batch {
+                if items.len() == limit {
+                    return Ok(ItemPage {
+                        items,
+                        next_start: Some(item.sk),
+                    });
+                }
+                if keep(&item) {
+                    items.push(item);
+                }
+            }
+            match last_key {
+                Some(k) if full => {
+                    if range.reverse {
+                        key_range.end = Bound::Excluded(k);
+                    } else {
+                        key_range.start = Bound::Excluded(k);
+                    }
+                }
+                _ => {
+                    return Ok(ItemPage {
+                        items,
+                        next_start: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// ReadIndex: every node's counts for the bucket, the largest per partition key.
+    pub async fn read_index(&self, q: IndexQuery) -> Result<IndexPage, ApiError> {
+        let limit = q.limit;
+        let mut asked = q.clone();
+        asked.limit = limit.saturating_add(1);
+        let body = rmp_serde::to_vec_named(&asked).expect("query encodes");
+        let nodes = self.inner.node.layout().all_nodes();
+        let mut set = tokio::task::JoinSet::new();
+        for n in nodes {
+            let (node, body) = (self.inner.node.clone(), body.clone());
+            set.spawn(async move { node.call_endpoint(n, "k2v.index", body).await });
+        }
+        let mut merged: BTreeMap<String, Counts> = BTreeMap::new();
+        let mut answered = 0;
+        while let Some(r) = set.join_next().await {
+            let Ok(Ok(reply)) = r else { continue };
+            let rows: Vec<(String, Counts)> = rmp_serde::from_slice(&reply)
+                .map_err(|e| ApiError::Internal(format!("malformed counts: {e}")))?;
+            answered += 1;
+            for (pk, c) in rows {
+                merged.entry(pk).or_default().max(&c);
+            }
+        }
+        if answered == 0 {
+            return Err(ApiError::Internal("no node answered ReadIndex".into()));
+        }
+        let mut keys: Vec<(String, Counts)> =
+            merged.into_iter().filter(|(_, c)| c.entries > 0).collect();
+        if q.reverse {
+            keys.reverse();
+        }
+        let next_start = if keys.len() > limit {
+            Some(keys[limit].0.clone())
+        } else {
+            None
+        };
+        keys.truncate(limit);
+        Ok(IndexPage { keys, next_start })
+    }
+
+    /// Waits until the item holds a value `context` has not seen, or `timeout`.
+    pub async fn poll_item(
+        &self,
+        bucket_id: &str,
+        pk: &str,
+        sk: &str,
+        context: &CausalContext,
+        timeout: Duration,
+    ) -> Result<Option<K2vItem>, ApiError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.inner.changes.clone();
+        loop {
+            changes.mark_unchanged();
+            if let Some(item) = self.read(bucket_id, pk, sk).await?
+                && item.dvvs.has_news_for(context)
+            {
+                return Ok(Some(item));
+            }
+            if !self.wait_change(&mut changes, deadline).await {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Waits until some item of the range changed after `seen` (everything, if `seen` is
+    /// `None`), or `timeout`. Returns the changed items and the new marker.
+    pub async fn poll_range(
+        &self,
+        bucket_id: &str,
+        pk: &str,
+        range: &SortRange,
+        seen: Option<&CausalContext>,
+        timeout: Duration,
+    ) -> Result<Option<(Vec<K2vItem>, CausalContext)>, ApiError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.inner.changes.clone();
+        loop {
+            changes.mark_unchanged();
+            let page = self
+                .list(bucket_id, pk, range, usize::MAX, |_| true)
+                .await?;
+            let mut marker = seen.cloned().unwrap_or_default();
+            for item in &page.items {
+                for (n, t) in item.dvvs.context().seen {
+                    let m = marker.seen.entry(n).or_default();
+                    *m = (*m).max(t);
+                }
+            }
+            let news: Vec<K2vItem> = match seen {
+                None => page.items,
+                Some(s) => page
+                    .items
+                    .into_iter()
+                    .filter(|i| i.dvvs.has_news_for(s))
+                    .collect(),
+            };
+            if seen.is_none() || !news.is_empty() {
+                return Ok(Some((news, marker)));
+            }
+            if !self.wait_change(&mut changes, deadline).await {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Waits for a local change (or a second, for changes stored only on other nodes); false
+    /// at the deadline.
+    async fn wait_change(
+        &self,
+        changes: &mut watch::Receiver<u64>,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        let tick = tokio::time::sleep(Duration::from_secs(1));
+        tokio::select! {
+            _ = changes.changed() => true,
+            _ = tick => true,
+            _ = tokio::time::sleep_until(deadline) => false,
+        }
+    }
+
+    // ---- keys and buckets -----------------------------------------------------------------
+
+    /// The secret of an access key (local copy first: keys are on every node).
+    pub async fn key_secret(&self, id: &str) -> Result<Option<String>, ApiError> {
+        let local = self
+            .inner
+            .keys_local
+            .get(&SYSTEM_PK.to_string(), &id.to_string())
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let key = match local {
+            Some(k) => Some(k),
+            None => {
+                self.inner
+                    .keys
+                    .get(&SYSTEM_PK.to_string(), &id.to_string())
+                    .await?
+            }
+        };
+        Ok(key
+            .filter(|k| !k.deleted.is_set())
+            .map(|k| k.secret.get().clone()))
+    }
+
+    /// A bucket by name (local copy first).
+    pub async fn bucket(&self, name: &str) -> Result<Option<Bucket>, ApiError> {
+        let local = self
+            .inner
+            .buckets_local
+            .get(&SYSTEM_PK.to_string(), &name.to_string())
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let b = match local {
+            Some(b) => Some(b),
+            None => {
+                self.inner
+                    .buckets
+                    .get(&SYSTEM_PK.to_string(), &name.to_string())
+                    .await?
+            }
+        };
+        Ok(b.filter(|b| !b.deleted.is_set()))
+    }
+
+    /// Creates an access key.
+    pub async fn create_key(&self, name: &str) -> Result<KeyInfo, ApiError> {
+        let mut raw = [0u8; 44];
+        rand::rng().fill_bytes(&mut raw);
+        let id = format!("GK{}", hex::encode(&raw[..12]));
+        let secret = hex::encode(&raw[12..]);
+        let stamp = stamp_now(self.inner.node.id());
+        let key = AccessKey {
+            pk: SYSTEM_PK.into(),
+            id: id.clone(),
+            name: Lww::new(stamp, name.to_string()),
+            secret: Lww::new(stamp, secret.clone()),
+            deleted: Flag::unset(),
+        };
+        self.inner.keys.insert(&key).await?;
+        Ok(KeyInfo {
+            id,
+            name: name.into(),
+            secret,
+        })
+    }
+
+    /// Creates a bucket.
+    pub async fn create_bucket(&self, name: &str) -> Result<BucketInfo, ApiError> {
+        validate_bucket_name(name)?;
+        if self.bucket(name).await?.is_some() {
+            return Err(ApiError::AlreadyExists(format!("bucket {name}")));
+        }
+        let mut raw = [0u8; 16];
+        rand::rng().fill_bytes(&mut raw);
+        let id = hex::encode(raw);
+        let bucket = Bucket {
+            pk: SYSTEM_PK.into(),
+            name: name.into(),
+            id: Lww::new(stamp_now(self.inner.node.id()), id.clone()),
+            grants: LwwMap::new(),
+            deleted: Flag::unset(),
+        };
+        self.inner.buckets.insert(&bucket).await?;
+        Ok(BucketInfo {
+            name: name.into(),
+            id,
+            grants: Vec::new(),
+        })
+    }
+
+    /// Grants (or, with both false, revokes) a key's access to a bucket.
+    pub async fn allow(
+        &self,
+        bucket: &str,
+        key_id: &str,
+        read: bool,
+        write: bool,
+    ) -> Result<BucketInfo, ApiError> {
+        let Some(mut b) = self.bucket(bucket).await? else {
+            return Err(ApiError::NoSuchBucket(bucket.into()));
+        };
+        if self.key_secret(key_id).await?.is_none() {
+            return Err(ApiError::BadRequest(format!("no access key {key_id}")));
+        }
+        b.grants.set(
+            key_id.to_string(),
+            stamp_now(self.inner.node.id()),
+            Permission { read, write },
+        );
+        self.inner.buckets.insert(&b).await?;
+        Ok(bucket_info(&b))
+    }
+
+    /// Every key (secrets included: the admin endpoint is the operator's).
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>, ApiError> {
+        let rows = self
+            .inner
+            .keys_local
+            .scan_raw(&KeyRange::all(), usize::MAX)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut out = Vec::new();
+        for (_, v) in rows {
+            let k = <AccessKey as shoal_table::codec::Versioned>::decode(&v)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            if !k.deleted.is_set() {
+                out.push(KeyInfo {
+                    id: k.id.clone(),
+                    name: k.name.get().clone(),
+                    secret: k.secret.get().clone(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Every bucket.
+    pub fn list_buckets(&self) -> Result<Vec<BucketInfo>, ApiError> {
+        let rows = self
+            .inner
+            .buckets_local
+            .scan_raw(&KeyRange::all(), usize::MAX)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut out = Vec::new();
+        for (_, v) in rows {
+            let b = <Bucket as shoal_table::codec::Versioned>::decode(&v)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            if !b.deleted.is_set() {
+                out.push(bucket_info(&b));
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn add_admin_endpoints(&self) -> Result<(), ApiError> {
+        type Handler<T> = fn(
+            Api<T>,
+            Vec<u8>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Vec<u8>, String>> + Send>,
+        >;
+        let endpoints: [(&str, Handler<T>); 5] = [
+            ("api.key.create", |api, body| {
+                Box::pin(async move {
+                    let name: String = decode(&body)?;
+                    encode(&api.create_key(&name).await)
+                })
+            }),
+            ("api.key.list", |api, _| {
+                Box::pin(async move { encode(&api.list_keys()) })
+            }),
+            ("api.bucket.create", |api, body| {
+                Box::pin(async move {
+                    let name: String = decode(&body)?;
+                    encode(&api.create_bucket(&name).await)
+                })
+            }),
+            ("api.bucket.allow", |api, body| {
+                Box::pin(async move {
+                    let (bucket, key, read, write): (String, String, bool, bool) = decode(&body)?;
+                    encode(&api.allow(&bucket, &key, read, write).await)
+                })
+            }),
+            ("api.bucket.list", |api, _| {
+                Box::pin(async move { encode(&api.list_buckets()) })
+            }),
+        ];
+        for (name, handler) in endpoints {
+            let api = self.clone();
+            self.inner
+                .node
+                .add_endpoint(
+                    name,
+                    Arc::new(move |_from, body| handler(api.clone(), body)),
+                )
+                .map_err(ApiError::Internal)?;
+        }
+        Ok(())
+    }
+}
+
+fn decode<'a, V: Deserialize<'a>>(b: &'a [u8]) -> Result<V, String> {
+    rmp_serde::from_slice(b).map_err(|e| format!("malformed request: {e}"))
+}
+
+fn encode<V: Serialize>(r: &Result<V, ApiError>) -> Result<Vec<u8>, String> {
+    match r {
+        Ok(v) => Ok(rmp_serde::to_vec_named(v).expect("replies encode")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn bucket_info(b: &Bucket) -> BucketInfo {
+    BucketInfo {
+        name: b.name.clone(),
+        id: b.id.get().clone(),
+        grants: b
+            .grants
+            .iter()
+            .map(|(k, p)| (k.clone(), p.read, p.write))
+            .collect(),
+    }
+}
+
+/// Bucket names as S3 allows them: 3–63 characters, lowercase letters, digits, `-` and `.`.
+pub fn validate_bucket_name(name: &str) -> Result<(), ApiError> {
+    let ok = (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.']);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "invalid bucket name {name:?}: 3 to 63 of a-z, 0-9, '-', '.'"
+        )))
+    }
+}
+
+fn tighter_start(a: Bound<Vec<u8>>, b: Bound<Vec<u8>>) -> Bound<Vec<u8>> {
+    let key = |x: &Bound<Vec<u8>>| match x {
+        Bound::Included(k) => Some((k.clone(), 0)),
+        Bound::Excluded(k) => Some((k.clone(), 1)),
+        Bound::Unbounded => None,
+    };
+    if key(&b) > key(&a) { b } else { a }
+}
+
+fn tighter_end(a: Bound<Vec<u8>>, b: Bound<Vec<u8>>) -> Bound<Vec<u8>> {
+    let key = |x: &Bound<Vec<u8>>| match x {
+        Bound::Included(k) => (0, k.clone(), 1),
+        Bound::Excluded(k) => (0, k.clone(), 0),
+        Bound::Unbounded => (1, Vec::new(), 0),
+    };
+    if key(&b) < key(&a) { b } else { a }
+}
+
+impl<T: Transport> Api<T> {
+    /// The bucket's id if `key_id` may read (or write) it.
+    pub async fn authorize(
+        &self,
+        bucket: &str,
+        key_id: &str,
+        write: bool,
+    ) -> Result<String, ApiError> {
+        let Some(b) = self.bucket(bucket).await? else {
+            return Err(ApiError::NoSuchBucket(bucket.into()));
+        };
+        let allowed = b
+            .grants
+            .get(&key_id.to_string())
+            .is_some_and(|p| if write { p.write } else { p.read });
+        if !allowed {
+            return Err(ApiError::AccessDenied(format!(
+                "key {key_id} may not {} bucket {bucket}",
+                if write { "write to" } else { "read" }
+            )));
+        }
+        Ok(b.id.get().clone())
+    }
+
+    /// The store (for the HTTP layer's metrics and tests).
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+}
