@@ -241,3 +241,93 @@ pub async fn digests(config: &Config, table: &str) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(&d)?);
     Ok(())
 }
+
+fn rmp<V: serde::Serialize>(v: &V) -> Vec<u8> {
+    rmp_serde::to_vec_named(v).expect("requests encode")
+}
+
+/// `shoal key create NAME`.
+pub async fn key_create(config: &Config, name: &str, json: bool) -> anyhow::Result<()> {
+    let client = AdminClient::connect(config).await?;
+    let key: shoal_api::service::KeyInfo = client.call("api.key.create", rmp(&name)).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&key)?);
+    } else {
+        println!("Key name: {}", key.name);
+        println!("Key ID: {}", key.id);
+        println!("Secret key: {}", key.secret);
+    }
+    Ok(())
+}
+
+/// `shoal key list`.
+pub async fn key_list(config: &Config, json: bool) -> anyhow::Result<()> {
+    let client = AdminClient::connect(config).await?;
+    let keys: Vec<shoal_api::service::KeyInfo> = client.call("api.key.list", rmp(&())).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&keys)?);
+    } else {
+        println!("{:<28} NAME", "ID");
+        for k in keys {
+            println!("{:<28} {}", k.id, k.name);
+        }
+    }
+    Ok(())
+}
+
+/// `shoal bucket create NAME`.
+pub async fn bucket_create(config: &Config, name: &str) -> anyhow::Result<()> {
+    let client = AdminClient::connect(config).await?;
+    let b: shoal_api::service::BucketInfo = client.call("api.bucket.create", rmp(&name)).await?;
+    println!("Bucket {} created (id {})", b.name, b.id);
+    Ok(())
+}
+
+/// `shoal bucket allow NAME --key ID [--read] [--write]`.
+pub async fn bucket_allow(
+    config: &Config,
+    name: &str,
+    key: &str,
+    read: bool,
+    write: bool,
+) -> anyhow::Result<()> {
+    let client = AdminClient::connect(config).await?;
+    let _: shoal_api::service::BucketInfo = client
+        .call("api.bucket.allow", rmp(&(name, key, read, write)))
+        .await?;
+    let what = match (read, write) {
+        (true, true) => "read and write",
+        (true, false) => "read",
+        (false, true) => "write",
+        (false, false) => "no access to",
+    };
+    println!("Key {key} may now {what} bucket {name}");
+    Ok(())
+}
+
+/// `shoal bucket list`.
+pub async fn bucket_list(config: &Config, json: bool) -> anyhow::Result<()> {
+    let client = AdminClient::connect(config).await?;
+    let buckets: Vec<shoal_api::service::BucketInfo> =
+        client.call("api.bucket.list", rmp(&())).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&buckets)?);
+    } else {
+        println!("{:<24} {:<34} KEYS (r/w)", "NAME", "ID");
+        for b in buckets {
+            let grants: Vec<String> = b
+                .grants
+                .iter()
+                .map(|(k, r, w)| {
+                    format!(
+                        "{k}({}{})",
+                        if *r { "r" } else { "" },
+                        if *w { "w" } else { "" }
+                    )
+                })
+                .collect();
+            println!("{:<24} {:<34} {}", b.name, b.id, grants.join(" "));
+        }
+    }
+    Ok(())
+}

@@ -34,6 +34,23 @@ pub struct Config {
     /// Seconds without sync work after which a full scan runs again.
     #[serde(default = "default_sync_interval")]
     pub sync_interval_secs: u64,
+    /// Address of the K2V HTTP API (none: the node serves no API).
+    #[serde(default)]
+    pub api_bind_addr: Option<String>,
+    /// The region K2V clients sign their requests for.
+    #[serde(default = "default_region")]
+    pub api_region: String,
+    /// Largest K2V request body, in bytes; larger ones are refused before being read.
+    #[serde(default = "default_max_body")]
+    pub api_max_body_bytes: usize,
+}
+
+fn default_region() -> String {
+    "shoal".into()
+}
+
+fn default_max_body() -> usize {
+    8 << 20
 }
 
 fn default_sync_start() -> u64 {
@@ -70,6 +87,7 @@ impl Config {
         for (name, addr) in [
             ("rpc_bind_addr", Some(&self.rpc_bind_addr)),
             ("rpc_public_addr", self.rpc_public_addr.as_ref()),
+            ("api_bind_addr", self.api_bind_addr.as_ref()),
         ] {
             if let Some(a) = addr {
                 a.parse::<SocketAddr>().with_context(|| {
@@ -83,6 +101,9 @@ impl Config {
         }
         if self.replication_factor == 0 {
             bail!("replication_factor must be at least 1");
+        }
+        if self.api_max_body_bytes == 0 {
+            bail!("api_max_body_bytes must be at least 1");
         }
         if self.heartbeat_ms == 0 {
             bail!("heartbeat_ms must be at least 1");

@@ -52,6 +52,9 @@ pub async fn run(
             heartbeat_ms: 500,
             sync_start_delay_ms: 2_000,
             sync_interval_secs: 600,
+            api_bind_addr: Some(api_addr(base_port, k)),
+            api_region: "shoal".into(),
+            api_max_body_bytes: 8 << 20,
         };
         let path = node_dir.join("shoal.toml");
         std::fs::write(&path, toml::to_string(&config)?)?;
@@ -106,10 +109,16 @@ pub async fn run(
             report.current.version, nodes
         );
     }
+    let env = k2v_credentials(first, &dir, &api_addr(base_port, 0)).await?;
     println!(
         "Shoal dev cluster of {nodes} nodes ready in {}",
         dir.display()
     );
+    println!(
+        "K2V API (bucket `dev`, its key in {}/k2v.env):",
+        dir.display()
+    );
+    print!("{env}");
     println!("Point the CLI at any node, for instance:");
     println!("  shoal -c {} status", configs[0].0.display());
     println!(
@@ -140,6 +149,44 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// The K2V API address of node `k` (0-based): 1000 ports above its RPC port.
+fn api_addr(base_port: u16, k: usize) -> String {
+    format!("127.0.0.1:{}", base_port as usize + 1000 + k)
+}
+
+/// Makes sure a bucket `dev` and a key `dev` allowed on it exist, writes `<dir>/k2v.env` and
+/// returns its text: shell `export` lines a client can source.
+async fn k2v_credentials(first: &Config, dir: &Path, endpoint: &str) -> anyhow::Result<String> {
+    use shoal_api::service::{BucketInfo, KeyInfo};
+    let client = AdminClient::connect(first).await?;
+    let keys: Vec<KeyInfo> = client.call("api.key.list", rmp(&())).await?;
+    let key = match keys.into_iter().find(|k| k.name == "dev") {
+        Some(k) => k,
+        None => client.call("api.key.create", rmp(&"dev")).await?,
+    };
+    let buckets: Vec<BucketInfo> = client.call("api.bucket.list", rmp(&())).await?;
+    if !buckets.iter().any(|b| b.name == "dev") {
+        let _: BucketInfo = client.call("api.bucket.create", rmp(&"dev")).await?;
+    }
+    let _: BucketInfo = client
+        .call(
+            "api.bucket.allow",
+            rmp(&("dev", key.id.as_str(), true, true)),
+        )
+        .await?;
+    let env = format!(
+        "export K2V_ENDPOINT=http://{endpoint}\nexport K2V_BUCKET=dev\nexport AWS_ACCESS_KEY_ID={}\nexport AWS_SECRET_ACCESS_KEY={}\nexport AWS_REGION=shoal\n",
+        key.id, key.secret
+    );
+    let path = dir.join("k2v.env");
+    std::fs::write(&path, &env).with_context(|| format!("writing {}", path.display()))?;
+    Ok(env)
+}
+
+fn rmp<V: serde::Serialize>(v: &V) -> Vec<u8> {
+    rmp_serde::to_vec_named(v).expect("requests encode")
 }
 
 async fn wait_for_cluster(first: &Config, nodes: usize) -> anyhow::Result<ClusterStatus> {

@@ -86,6 +86,16 @@ enum Command {
         #[command(subcommand)]
         action: NodeAction,
     },
+    /// Access keys of the K2V API.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+    /// Buckets of the K2V API.
+    Bucket {
+        #[command(subcommand)]
+        action: BucketAction,
+    },
     /// Stage, show and apply layout changes.
     Layout {
         #[command(subcommand)]
@@ -102,6 +112,53 @@ enum Command {
     Index {
         #[command(subcommand)]
         action: index::Action,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Create an access key for the K2V API; prints its id and secret.
+    Create {
+        /// A name for the key.
+        name: String,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the access keys.
+    List {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BucketAction {
+    /// Create a bucket.
+    Create {
+        /// The bucket's name (3–63 of a-z, 0-9, '-', '.').
+        name: String,
+    },
+    /// Allow an access key to read and/or write a bucket (neither flag: revoke).
+    Allow {
+        /// The bucket.
+        name: String,
+        /// The access key id.
+        #[arg(long)]
+        key: String,
+        /// Allow reads.
+        #[arg(long)]
+        read: bool,
+        /// Allow writes.
+        #[arg(long)]
+        write: bool,
+    },
+    /// List the buckets and their grants.
+    List {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -200,6 +257,28 @@ fn main() -> anyhow::Result<()> {
         Command::Digests { table } => {
             let c = config(&cli.config)?;
             rt()?.block_on(cli::digests(&c, &table))
+        }
+        Command::Key { action } => {
+            let c = config(&cli.config)?;
+            match action {
+                KeyAction::Create { name, json } => {
+                    rt()?.block_on(cli::key_create(&c, &name, json))
+                }
+                KeyAction::List { json } => rt()?.block_on(cli::key_list(&c, json)),
+            }
+        }
+        Command::Bucket { action } => {
+            let c = config(&cli.config)?;
+            match action {
+                BucketAction::Create { name } => rt()?.block_on(cli::bucket_create(&c, &name)),
+                BucketAction::Allow {
+                    name,
+                    key,
+                    read,
+                    write,
+                } => rt()?.block_on(cli::bucket_allow(&c, &name, &key, read, write)),
+                BucketAction::List { json } => rt()?.block_on(cli::bucket_list(&c, json)),
+            }
         }
         Command::Layout { action } => {
             let c = config(&cli.config)?;

@@ -46,15 +46,41 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("listening on {}", config.rpc_bind_addr))?;
     node.add_table(Arc::new((kv, index.clone())));
-    node.start_syncer(
-        "kv",
-        SyncerConfig {
-            start_delay: Duration::from_millis(config.sync_start_delay_ms),
-            scan_interval: Duration::from_secs(config.sync_interval_secs),
-            ..SyncerConfig::default()
+    let api = shoal_api::Api::install(
+        &node,
+        &store,
+        shoal_sync::ids::IdKey::derive(config.secret().as_bytes()),
+        shoal_api::ApiConfig {
+            region: config.api_region.clone(),
+            max_body_bytes: config.api_max_body_bytes,
+            ..shoal_api::ApiConfig::default()
         },
     )
-    .map_err(anyhow::Error::msg)?;
+    .await
+    .map_err(|e| anyhow::anyhow!("installing the K2V API: {e}"))?;
+    for table in ["kv", "k2v", "keys", "buckets"] {
+        node.start_syncer(
+            table,
+            SyncerConfig {
+                start_delay: Duration::from_millis(config.sync_start_delay_ms),
+                scan_interval: Duration::from_secs(config.sync_interval_secs),
+                ..SyncerConfig::default()
+            },
+        )
+        .map_err(anyhow::Error::msg)?;
+    }
+    let _api_server = match &config.api_bind_addr {
+        Some(bind) => {
+            let (addr, task) = api
+                .serve(bind)
+                .await
+                .with_context(|| format!("K2V API listening on {bind}"))?;
+            tracing::info!(%addr, "K2V API listening");
+            println!("K2V API on http://{addr}");
+            Some(task)
+        }
+        None => None,
+    };
     std::fs::write(
         config.data_dir.join("shoal.pid"),
         std::process::id().to_string(),
