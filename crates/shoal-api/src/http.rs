@@ -114,16 +114,44 @@ impl<T: Transport> Ctx<'_, T> {
 }
 
 async fn handle<T: Transport>(State(api): State<Api<T>>, req: Request) -> Response {
+    let started = std::time::Instant::now();
     let ctx = Ctx {
         api: &api,
         path: req.uri().path().to_string(),
     };
-    match handle_inner(&ctx, req).await {
+    let operation = operation_of(req.method(), req.uri());
+    let response = match handle_inner(&ctx, req).await {
         Ok(r) => r,
         Err(f) => {
             tracing::debug!(status = %f.status, path = %f.path, message = %f.message, "K2V request refused");
             f.into_response()
         }
+    };
+    api.metrics().record(
+        operation,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// The K2V operation a request asks for, by its shape alone (for metrics).
+fn operation_of(method: &Method, uri: &axum::http::Uri) -> &'static str {
+    let has_pk = uri.path().trim_start_matches('/').contains('/');
+    let query = uri.query().unwrap_or("");
+    let has = |p: &str| query.split('&').any(|kv| kv.split('=').next() == Some(p));
+    match (method.as_str(), has_pk) {
+        ("GET", true) if has("causality_token") => "PollItem",
+        ("GET", true) => "ReadItem",
+        ("PUT", true) => "InsertItem",
+        ("DELETE", true) => "DeleteItem",
+        ("POST", true) if has("poll_range") => "PollRange",
+        ("GET", false) => "ReadIndex",
+        ("POST", false) if has("search") => "ReadBatch",
+        ("SEARCH", false) => "ReadBatch",
+        ("POST", false) if has("delete") => "DeleteBatch",
+        ("POST", false) => "InsertBatch",
+        _ => "Other",
     }
 }
 

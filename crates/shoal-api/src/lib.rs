@@ -6,9 +6,11 @@
 //! API's node-to-node calls (ReadIndex counts) are endpoints added to the node's RPC. The
 //! causality model ([`causality`]) and the signature check ([`sigv4`]) are pure modules.
 
+pub mod admin;
 pub mod causality;
 pub mod counters;
 mod http;
+pub mod metrics;
 pub mod model;
 pub mod service;
 pub mod sigv4;

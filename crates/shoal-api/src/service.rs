@@ -92,6 +92,7 @@ struct Inner<T: Transport> {
     clock: AtomicU64,
     changes: watch::Receiver<u64>,
     config: ApiConfig,
+    metrics: crate::metrics::ApiMetrics,
 }
 
 /// The API of one node. Cheap to clone.
@@ -209,6 +210,7 @@ impl<T: Transport> Api<T> {
                 clock: AtomicU64::new(crate::now_micros()),
                 changes,
                 config,
+                metrics: crate::metrics::ApiMetrics::default(),
             }),
         };
         let store = store.clone();
@@ -232,6 +234,16 @@ impl<T: Transport> Api<T> {
         .map_err(ApiError::Internal)?;
         api.add_admin_endpoints()?;
         Ok(api)
+    }
+
+    /// The API's request metrics.
+    pub fn metrics(&self) -> &crate::metrics::ApiMetrics {
+        &self.inner.metrics
+    }
+
+    /// The node this API runs on.
+    pub fn node(&self) -> &Node<T> {
+        &self.inner.node
     }
 
     /// The configuration.

@@ -36,6 +36,8 @@ pub trait SyncTable: Send + Sync + 'static {
     fn scan_partition(&self, p: u8) -> Result<shoal_storage::Entries, String>;
     /// Removes the items still stored exactly as given; returns how many were removed.
     fn delete_if_unchanged(&self, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<usize, String>;
+    /// Items stored (tombstones included).
+    fn item_count(&self) -> Result<u64, String>;
     /// Up to `limit` (engine key, encoded item) in `range`, descending if `reverse`.
     fn scan_range(
         &self,
@@ -99,6 +101,10 @@ impl<S: shoal_table::Schema> SyncTable
             .map_err(|e| e.to_string())
     }
 
+    fn item_count(&self) -> Result<u64, String> {
+        self.0.len().map_err(|e| e.to_string())
+    }
+
     fn scan_range(
         &self,
         range: &shoal_storage::KeyRange,
@@ -142,7 +148,7 @@ impl Default for SyncerConfig {
 }
 
 /// Counters of a table's background syncer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SyncerStats {
     /// Partitions waiting.
     pub queued: u64,
@@ -156,6 +162,22 @@ pub struct SyncerStats {
     pub items_received: u64,
     /// Items sent by this node's sessions.
     pub items_sent: u64,
+    /// Partitions being synced or offloaded right now.
+    pub in_progress: u64,
+    /// Full scans done (each queues every partition this node stores or must offload).
+    pub full_scans: u64,
+    /// Sync metadata and items bytes this node's sessions sent.
+    pub bytes_sent: u64,
+    /// Sync bytes this node's sessions received.
+    pub bytes_received: u64,
+    /// Sync sessions this node started.
+    pub sessions: u64,
+    /// Partitions completed over the last minute, per second.
+    #[serde(default)]
+    pub rate_per_sec: f64,
+    /// Seconds until the queue is empty at that rate, if there is a queue and a rate.
+    #[serde(default)]
+    pub eta_secs: Option<u64>,
 }
 
 const SYSTEM_TREE: &str = "system~node";
@@ -183,7 +205,7 @@ pub struct NodeStatus {
 }
 
 /// The cluster as one node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterStatus {
     /// The node answering.
     pub node: NodeId,
@@ -194,6 +216,9 @@ pub struct ClusterStatus {
     /// This node's background syncers, per table.
     #[serde(default)]
     pub syncers: BTreeMap<String, SyncerStats>,
+    /// Items (tombstones included) this node stores, per table.
+    #[serde(default)]
+    pub tables: BTreeMap<String, u64>,
 }
 
 /// The layout, what is staged, and what applying it would do.
@@ -239,6 +264,8 @@ const BUILT_IN_ENDPOINTS: &[&str] = &[
     "admin.get",
     "admin.digests",
     "admin.layout",
+    "admin.sync",
+    "admin.repair",
     "admin.stage",
     "admin.apply",
     "sync",
@@ -349,7 +376,11 @@ struct State<T: Transport> {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     layout_tx: tokio::sync::watch::Sender<Layout>,
     peer_up_tx: tokio::sync::broadcast::Sender<NodeId>,
+    /// Tables whose syncer must run a full scan now (`shoal repair`).
+    repair_tx: tokio::sync::broadcast::Sender<String>,
     syncer_stats: Mutex<HashMap<String, SyncerStats>>,
+    /// When each table's recent partitions completed (last minute), for rates and ETAs.
+    completions: Mutex<HashMap<String, std::collections::VecDeque<Instant>>>,
 }
 
 /// A running node. Cheap to clone.
@@ -460,7 +491,9 @@ impl<T: Transport> Node<T> {
                 tasks: Mutex::new(Vec::new()),
                 layout_tx: tokio::sync::watch::channel(layout.clone()).0,
                 peer_up_tx: tokio::sync::broadcast::channel(64).0,
+                repair_tx: tokio::sync::broadcast::channel(64).0,
                 syncer_stats: Mutex::new(HashMap::new()),
+                completions: Mutex::new(HashMap::new()),
             }
         });
         let node = Node { state };
@@ -753,6 +786,7 @@ impl<T: Transport> Node<T> {
             layout_version: layout.version,
             nodes,
             syncers: self.syncer_stats().into_iter().collect(),
+            tables: self.table_sizes(),
         }
     }
 
@@ -1003,6 +1037,11 @@ impl<T: Transport> Node<T> {
                 Ok(encode(&digests))
             }
             "admin.layout" => Ok(encode(&self.layout_report())),
+            "admin.sync" => Ok(encode(&self.syncer_stats())),
+            "admin.repair" => {
+                let table: Option<String> = decode(&body)?;
+                Ok(encode(&self.request_repair(table.as_deref())?))
+            }
             "admin.stage" => {
                 let (node, role): (NodeId, Option<NodeRole>) = decode(&body)?;
                 let staged = {
@@ -1270,6 +1309,7 @@ impl<T: Transport> Node<T> {
         let node = Arc::downgrade(&self.state);
         let mut layout_rx = self.state.layout_tx.subscribe();
         let mut peers_rx = self.state.peer_up_tx.subscribe();
+        let mut repair_rx = self.state.repair_tx.subscribe();
         let name = table.to_string();
         let task = tokio::spawn(async move {
             let replication = node
@@ -1308,6 +1348,11 @@ impl<T: Transport> Node<T> {
                 while let Ok(peer) = peers_rx.try_recv() {
                     work.peer_up(&prev, me.id(), peer);
                 }
+                while let Ok(t) = repair_rx.try_recv() {
+                    if t == name {
+                        next_full = tokio::time::Instant::now();
+                    }
+                }
                 if tokio::time::Instant::now() >= next_full {
                     let t2 = t.clone();
                     let layout = prev.clone();
@@ -1319,14 +1364,19 @@ impl<T: Transport> Node<T> {
                     .await
                     .expect("full scan task");
                     next_full = tokio::time::Instant::now() + config.scan_interval;
+                    me.bump(&name, |s| s.full_scans += 1);
                 }
                 me.set_queued(&name, work.len());
                 debug!(table = %name, queued = work.len(), layout = prev.version, "syncer loop");
                 if let Some(w) = work.pop() {
                     next_full = tokio::time::Instant::now() + config.scan_interval;
-                    match me.process(&name, &t, w, config.write_quorum).await {
+                    me.bump(&name, |s| s.in_progress += 1);
+                    let outcome = me.process(&name, &t, w, config.write_quorum).await;
+                    me.bump(&name, |s| s.in_progress -= 1);
+                    match outcome {
                         Ok(true) => {
                             retry.remove(&w.partition);
+                            me.completed(&name);
                         }
                         Ok(false) => work.push(w),
                         Err(e) => {
@@ -1351,6 +1401,11 @@ impl<T: Transport> Node<T> {
                 drop(me);
                 tokio::select! {
                     _ = layout_rx.changed() => {}
+                    r = repair_rx.recv() => {
+                        if r.is_ok_and(|t| t == name) {
+                            next_full = tokio::time::Instant::now();
+                        }
+                    }
                     r = peers_rx.recv() => {
                         if let Ok(peer) = r
                             && let Some(state) = node.upgrade()
@@ -1371,13 +1426,95 @@ impl<T: Transport> Node<T> {
         Ok(())
     }
 
-    /// Counters of every table's syncer.
+    /// Asks the syncer of `table` (every table if `None`) for a full scan now; returns the
+    /// tables asked.
+    pub fn request_repair(&self, table: Option<&str>) -> Result<Vec<String>, String> {
+        let tables: Vec<String> = match table {
+            Some(t) => {
+                self.table(t)?;
+                vec![t.to_string()]
+            }
+            None => {
+                let mut all: Vec<String> = self
+                    .state
+                    .tables
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .keys()
+                    .cloned()
+                    .collect();
+                all.sort();
+                all
+            }
+        };
+        for t in &tables {
+            let _ = self.state.repair_tx.send(t.clone());
+        }
+        Ok(tables)
+    }
+
+    /// Counters of every table's syncer, with the recent rate and the time left.
     pub fn syncer_stats(&self) -> HashMap<String, SyncerStats> {
-        self.state
+        let mut stats = self
+            .state
             .syncer_stats
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        let mut done = self
+            .state
+            .completions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (table, s) in stats.iter_mut() {
+            let recent = done.entry(table.clone()).or_default();
+            while recent
+                .front()
+                .is_some_and(|t| t.elapsed() > Duration::from_secs(60))
+            {
+                recent.pop_front();
+            }
+            // Over the last minute, or since the first completion if more recent.
+            let window = recent
+                .front()
+                .map_or(60.0, |t| t.elapsed().as_secs_f64().clamp(1.0, 60.0));
+            s.rate_per_sec = recent.len() as f64 / window;
+            let left = s.queued + s.in_progress;
+            s.eta_secs = (left > 0 && s.rate_per_sec > 0.0)
+                .then(|| (left as f64 / s.rate_per_sec).ceil() as u64);
+        }
+        stats
+    }
+
+    /// Items stored here, per table.
+    pub fn table_sizes(&self) -> BTreeMap<String, u64> {
+        let tables: Vec<Arc<dyn SyncTable>> = self
+            .state
+            .tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        tables
+            .into_iter()
+            .map(|t| (t.name().to_string(), t.item_count().unwrap_or(0)))
+            .collect()
+    }
+
+    /// This node's RPC metrics.
+    pub fn net_metrics(&self) -> shoal_net::NetMetrics {
+        self.net().metrics().clone()
+    }
+
+    fn completed(&self, table: &str) {
+        self.state
+            .completions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(table.to_string())
+            .or_default()
+            .push_back(Instant::now());
     }
 
     fn bump(&self, table: &str, f: impl FnOnce(&mut SyncerStats)) {
@@ -1415,6 +1552,9 @@ impl<T: Transport> Node<T> {
                     Ok(Ok(tr)) => self.bump(table, |s| {
                         s.items_received += tr.a.items_received;
                         s.items_sent += tr.a.items_sent;
+                        s.bytes_sent += tr.bytes_a_to_b;
+                        s.bytes_received += tr.bytes_b_to_a;
+                        s.sessions += 1;
                     }),
                     Ok(Err(e)) => {
                         errors += 1;
@@ -1452,7 +1592,12 @@ impl<T: Transport> Node<T> {
                 .push_to(*owner, table, w.partition)
                 .await
                 .map_err(|e| format!("offload to {owner:?}: {e}"))?;
-            self.bump(table, |s| s.items_sent += tr.a.items_sent);
+            self.bump(table, |s| {
+                s.items_sent += tr.a.items_sent;
+                s.bytes_sent += tr.bytes_a_to_b;
+                s.bytes_received += tr.bytes_b_to_a;
+                s.sessions += 1;
+            });
         }
         // The partition may have become ours again meanwhile: then keep everything.
         if self.nodes_for(table, w.partition).contains(&self.id()) {

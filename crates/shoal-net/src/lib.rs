@@ -16,11 +16,13 @@
 //! authenticated nodes, addressed by endpoint name.
 
 pub mod identity;
+mod metrics;
 pub mod noise;
 pub mod rpc;
 pub mod transport;
 
 pub use identity::{ClusterSecret, IdentityError, NodeKey};
+pub use metrics::NetMetrics;
 pub use rpc::{Handler, NetConfig, Network, RpcError};
 pub use shoal_table::crdt::NodeId;
 pub use transport::{TcpTransport, Transport};

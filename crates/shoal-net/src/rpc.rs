@@ -201,6 +201,7 @@ struct Inner<T: Transport> {
     conns: Mutex<HashMap<NodeId, Arc<Conn>>>,
     /// Every registered connection, primary or retiring; closed ones are pruned when counted.
     all: Mutex<Vec<Arc<Conn>>>,
+    metrics: crate::NetMetrics,
     addrs: Mutex<HashMap<NodeId, String>>,
     serial: AtomicU64,
     listeners: Mutex<Vec<JoinHandle<()>>>,
@@ -240,6 +241,7 @@ impl<T: Transport> Network<T> {
                 handler,
                 conns: Mutex::new(HashMap::new()),
                 all: Mutex::new(Vec::new()),
+                metrics: crate::NetMetrics::default(),
                 addrs: Mutex::new(HashMap::new()),
                 serial: AtomicU64::new(1),
                 listeners: Mutex::new(Vec::new()),
@@ -409,14 +411,29 @@ impl<T: Transport> Network<T> {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, RpcError> {
+        let started = std::time::Instant::now();
         let fut = self.call_inner(peer, endpoint, body);
-        match tokio::time::timeout(timeout, fut).await {
+        let result = match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(RpcError::Timeout {
                 peer,
                 endpoint: endpoint.to_string(),
             }),
-        }
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(RpcError::Timeout { .. }) => "timeout",
+            Err(_) => "error",
+        };
+        self.inner
+            .metrics
+            .record_call(endpoint, outcome, started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// This network's metrics (register them in the node's registry).
+    pub fn metrics(&self) -> &crate::NetMetrics {
+        &self.inner.metrics
     }
 
     async fn call_inner(
@@ -658,12 +675,14 @@ impl<T: Transport> Network<T> {
                                 break;
                             };
                             let handler = net.inner.handler.clone();
+                            let metrics = net.inner.metrics.clone();
                             let tx = reader_conn.tx.clone();
                             tokio::spawn(async move {
                                 let result = handler
-                                    .handle(peer, endpoint, body.into_vec())
+                                    .handle(peer, endpoint.clone(), body.into_vec())
                                     .await
                                     .map(ByteBuf::from);
+                                metrics.record_served(&endpoint, result.is_ok());
                                 let _ = tx.send(Envelope::Response { id, result }.encode()).await;
                                 drop(permit);
                             });

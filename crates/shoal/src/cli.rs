@@ -1,4 +1,5 @@
-//! Operator commands: `status`, `node id`, `layout show|assign|remove|apply`.
+//! Operator commands: `status`, `node id`, `layout …`, `sync status`, `repair`, `key …`,
+//! `bucket …`, `put`/`get` on the `kv` table.
 
 use anyhow::{Context, bail};
 use serde::Serialize;
@@ -25,6 +26,8 @@ struct StatusView {
     layout_version: u64,
     nodes: Vec<NodeView>,
     syncers: std::collections::BTreeMap<String, shoal_cluster::node::SyncerStats>,
+    /// Items stored on the answering node, per table.
+    tables: std::collections::BTreeMap<String, u64>,
 }
 
 fn view(s: &ClusterStatus) -> StatusView {
@@ -44,6 +47,7 @@ fn view(s: &ClusterStatus) -> StatusView {
             })
             .collect(),
         syncers: s.syncers.clone(),
+        tables: s.tables.clone(),
     }
 }
 
@@ -64,6 +68,10 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("layout version {}", v.layout_version);
+    if !s.tables.is_empty() {
+        let tables: Vec<String> = s.tables.iter().map(|(t, n)| format!("{t} {n}")).collect();
+        println!("items on this node: {}", tables.join(", "));
+    }
     println!(
         "{:<18} {:<22} {:<10} {:>8} {:<5} {:>10}",
         "ID", "ADDRESS", "ZONE", "CAPACITY", "UP", "PARTITIONS"
@@ -330,4 +338,110 @@ pub async fn bucket_list(config: &Config, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+type SyncStats = std::collections::HashMap<String, shoal_cluster::node::SyncerStats>;
+
+/// `shoal sync status`.
+pub async fn sync_status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let client = AdminClient::connect(config).await?;
+    let stats: SyncStats = client.call("admin.sync", rmp(&())).await?;
+    let mut rows: Vec<_> = stats.into_iter().collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    if json {
+        let map: std::collections::BTreeMap<_, _> = rows.into_iter().collect();
+        println!("{}", serde_json::to_string_pretty(&map)?);
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:>6} {:>7} {:>8} {:>9} {:>6} {:>9} {:>10} {:>10} {:>12} {:>12} {:>8}",
+        "TABLE",
+        "QUEUED",
+        "RUNNING",
+        "SYNCED",
+        "OFFLOADED",
+        "ERRORS",
+        "SESSIONS",
+        "ITEMS OUT",
+        "ITEMS IN",
+        "BYTES OUT",
+        "BYTES IN",
+        "ETA"
+    );
+    for (t, s) in rows {
+        println!(
+            "{:<10} {:>6} {:>7} {:>8} {:>9} {:>6} {:>9} {:>10} {:>10} {:>12} {:>12} {:>8}",
+            t,
+            s.queued,
+            s.in_progress,
+            s.synced,
+            s.offloaded,
+            s.errors,
+            s.sessions,
+            s.items_sent,
+            s.items_received,
+            s.bytes_sent,
+            s.bytes_received,
+            s.eta_secs.map_or("-".to_string(), |e| format!("{e} s"))
+        );
+    }
+    Ok(())
+}
+
+/// `shoal repair [--table T]`: a full sync of the node's partitions now, followed to its end.
+pub async fn repair(config: &Config, table: Option<&str>, timeout_secs: u64) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let client = AdminClient::connect(config).await?;
+    let before: SyncStats = client.call("admin.sync", rmp(&())).await?;
+    let tables: Vec<String> = client.call("admin.repair", rmp(&table)).await?;
+    println!("repair started for {}", tables.join(", "));
+    let started = std::time::Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} partitions  {msg}",
+    )?);
+    if !terminal {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut last_line = String::new();
+    loop {
+        let now: SyncStats = client.call("admin.sync", rmp(&())).await?;
+        let (mut done, mut left, mut items, mut bytes, mut scanned) = (0, 0, 0, 0, true);
+        for t in &tables {
+            let s = now.get(t).cloned().unwrap_or_default();
+            let b = before.get(t).cloned().unwrap_or_default();
+            scanned &= s.full_scans > b.full_scans;
+            done += (s.synced + s.offloaded).saturating_sub(b.synced + b.offloaded);
+            left += s.queued + s.in_progress;
+            items +=
+                (s.items_received + s.items_sent).saturating_sub(b.items_received + b.items_sent);
+            bytes +=
+                (s.bytes_received + s.bytes_sent).saturating_sub(b.bytes_received + b.bytes_sent);
+        }
+        let line = format!(
+            "{done}/{} partitions, {items} items and {bytes} bytes exchanged",
+            done + left
+        );
+        bar.set_length(done + left);
+        bar.set_position(done);
+        bar.set_message(format!("{items} items, {bytes} bytes"));
+        if !terminal && line != last_line {
+            println!("repair: {line}");
+            last_line = line.clone();
+        }
+        if scanned && left == 0 {
+            bar.finish_and_clear();
+            println!(
+                "repair done in {:.1} s: {line}",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if started.elapsed().as_secs() > timeout_secs {
+            bar.abandon();
+            bail!("repair not finished after {timeout_secs} s: {line}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }

@@ -43,6 +43,12 @@ pub struct Config {
     /// Largest K2V request body, in bytes; larger ones are refused before being read.
     #[serde(default = "default_max_body")]
     pub api_max_body_bytes: usize,
+    /// Address of the admin endpoint: `/metrics`, and the operator CLI's calls.
+    #[serde(default)]
+    pub admin_bind_addr: Option<String>,
+    /// The token operator calls must present (required with `admin_bind_addr`).
+    #[serde(default)]
+    pub admin_token: Option<String>,
 }
 
 fn default_region() -> String {
@@ -88,6 +94,7 @@ impl Config {
             ("rpc_bind_addr", Some(&self.rpc_bind_addr)),
             ("rpc_public_addr", self.rpc_public_addr.as_ref()),
             ("api_bind_addr", self.api_bind_addr.as_ref()),
+            ("admin_bind_addr", self.admin_bind_addr.as_ref()),
         ] {
             if let Some(a) = addr {
                 a.parse::<SocketAddr>().with_context(|| {
@@ -101,6 +108,14 @@ impl Config {
         }
         if self.replication_factor == 0 {
             bail!("replication_factor must be at least 1");
+        }
+        if self.admin_bind_addr.is_some()
+            && self
+                .admin_token
+                .as_deref()
+                .is_none_or(|t| t.trim().len() < 16)
+        {
+            bail!("admin_bind_addr needs an admin_token of at least 16 characters");
         }
         if self.api_max_body_bytes == 0 {
             bail!("api_max_body_bytes must be at least 1");

@@ -11,8 +11,9 @@ use shoal_cluster::node::{ClusterStatus, LayoutReport};
 use crate::client::AdminClient;
 use crate::config::Config;
 
-fn secret(dir: &Path) -> anyhow::Result<String> {
-    let path = dir.join("rpc_secret");
+/// A random 32-byte hex secret kept in `dir/name`, created on first use.
+fn secret(dir: &Path, name: &str) -> anyhow::Result<String> {
+    let path = dir.join(name);
     match std::fs::read_to_string(&path) {
         Ok(s) => Ok(s.trim().to_string()),
         Err(_) => {
@@ -36,7 +37,8 @@ pub async fn run(
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let secret = secret(&dir)?;
+    let admin_token = secret(&dir, "admin_token")?;
+    let secret = secret(&dir, "rpc_secret")?;
     let addr = |k: usize| format!("127.0.0.1:{}", base_port as usize + k);
     let mut configs = Vec::new();
     for k in 0..nodes {
@@ -53,6 +55,8 @@ pub async fn run(
             sync_start_delay_ms: 2_000,
             sync_interval_secs: 600,
             api_bind_addr: Some(api_addr(base_port, k)),
+            admin_bind_addr: Some(format!("127.0.0.1:{}", base_port as usize + 2000 + k)),
+            admin_token: Some(admin_token.clone()),
             api_region: "shoal".into(),
             api_max_body_bytes: 8 << 20,
         };

@@ -19,6 +19,9 @@ use shoal_cluster::layout::NodeRole;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Log JSON lines (also: SHOAL_LOG_FORMAT=json); the level comes from RUST_LOG.
+    #[arg(long, global = true)]
+    log_json: bool,
     /// The node's configuration file (for `server` and the operator commands).
     #[arg(short = 'c', long = "config", global = true)]
     config: Option<PathBuf>,
@@ -86,6 +89,21 @@ enum Command {
         #[command(subcommand)]
         action: NodeAction,
     },
+    /// Anti-entropy progress.
+    Sync {
+        #[command(subcommand)]
+        action: SyncAction,
+    },
+    /// Sync every partition this node stores with its other replicas now, and follow it to
+    /// the end with a progress bar.
+    Repair {
+        /// Only this table (default: every table).
+        #[arg(long)]
+        table: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
     /// Access keys of the K2V API.
     Key {
         #[command(subcommand)]
@@ -112,6 +130,16 @@ enum Command {
     Index {
         #[command(subcommand)]
         action: index::Action,
+    },
+}
+
+#[derive(Subcommand)]
+enum SyncAction {
+    /// Per table: partitions queued and in progress, items and bytes exchanged, an ETA.
+    Status {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -207,14 +235,20 @@ fn config(path: &Option<PathBuf>) -> anyhow::Result<config::Config> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // Level from RUST_LOG (default warn); JSON lines with --log-json or SHOAL_LOG_FORMAT=json.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let json_logs = cli.log_json
+        || std::env::var("SHOAL_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json_logs {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let rt = || {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -257,6 +291,16 @@ fn main() -> anyhow::Result<()> {
         Command::Digests { table } => {
             let c = config(&cli.config)?;
             rt()?.block_on(cli::digests(&c, &table))
+        }
+        Command::Sync {
+            action: SyncAction::Status { json },
+        } => {
+            let c = config(&cli.config)?;
+            rt()?.block_on(cli::sync_status(&c, json))
+        }
+        Command::Repair { table, timeout } => {
+            let c = config(&cli.config)?;
+            rt()?.block_on(cli::repair(&c, table.as_deref(), timeout))
         }
         Command::Key { action } => {
             let c = config(&cli.config)?;

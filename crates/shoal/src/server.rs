@@ -69,6 +69,19 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
         )
         .map_err(anyhow::Error::msg)?;
     }
+    let _admin_server = match &config.admin_bind_addr {
+        Some(bind) => {
+            let registry = shoal_api::metrics::registry(&node, &store, api.metrics());
+            let token = config.admin_token.clone().unwrap_or_default();
+            let (addr, task) = shoal_api::admin::serve(api.clone(), registry, token, bind)
+                .await
+                .with_context(|| format!("admin endpoint listening on {bind}"))?;
+            tracing::info!(%addr, "admin endpoint listening");
+            println!("admin endpoint on http://{addr} (metrics at /metrics)");
+            Some(task)
+        }
+        None => None,
+    };
     let _api_server = match &config.api_bind_addr {
         Some(bind) => {
             let (addr, task) = api

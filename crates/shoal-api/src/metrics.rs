@@ -1,0 +1,236 @@
+//! The node's Prometheus registry: RPC calls (from the network), API requests, and, read at
+//! each scrape, the syncers' progress, table sizes, the store's size and the membership.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use shoal_cluster::node::Node;
+use shoal_net::Transport;
+use shoal_storage::Store;
+
+type Labels = Vec<(String, String)>;
+
+/// A syncer figure: metric name, help, and how to read it from the stats.
+type StatField = (
+    &'static str,
+    &'static str,
+    fn(&shoal_cluster::node::SyncerStats) -> u64,
+);
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+/// K2V requests by operation and status, and their latency by operation.
+#[derive(Clone, Debug)]
+pub struct ApiMetrics {
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        ApiMetrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+        }
+    }
+}
+
+impl ApiMetrics {
+    /// Records one request.
+    pub fn record(&self, operation: &str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&vec![
+                ("operation".into(), operation.into()),
+                ("status".into(), status.to_string()),
+            ])
+            .inc();
+        self.latency
+            .get_or_create(&vec![("operation".into(), operation.into())])
+            .observe(seconds);
+    }
+}
+
+/// Values read from the node at each scrape.
+struct NodeCollector<T: Transport> {
+    node: Node<T>,
+    store: Store,
+}
+
+impl<T: Transport> std::fmt::Debug for NodeCollector<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeCollector")
+    }
+}
+
+fn family<V: EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: Vec<(Labels, V)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in rows {
+        if labels.is_empty() {
+            // No `{}` after the name: some parsers refuse an empty label set.
+            value.encode(metric)?;
+            return Ok(());
+        }
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl<T: Transport> Collector for NodeCollector<T> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let stats = {
+            let mut s: Vec<_> = self.node.syncer_stats().into_iter().collect();
+            s.sort_by(|a, b| a.0.cmp(&b.0));
+            s
+        };
+        let table = |t: &str| vec![("table".to_string(), t.to_string())];
+        let gauges: [StatField; 2] = [
+            (
+                "shoal_sync_partitions_queued",
+                "Partitions waiting in the table's sync work list",
+                |s| s.queued,
+            ),
+            (
+                "shoal_sync_partitions_in_progress",
+                "Partitions being synced or offloaded",
+                |s| s.in_progress,
+            ),
+        ];
+        for (name, help, f) in gauges {
+            let rows = stats
+                .iter()
+                .map(|(t, s)| (table(t), ConstGauge::new(f(s) as i64)))
+                .collect();
+            family(&mut encoder, name, help, MetricType::Gauge, rows)?;
+        }
+        let counters: [StatField; 9] = [
+            (
+                "shoal_sync_partitions_synced",
+                "Partition syncs completed",
+                |s| s.synced,
+            ),
+            (
+                "shoal_sync_partitions_offloaded",
+                "Partitions handed to their new owners and removed here",
+                |s| s.offloaded,
+            ),
+            (
+                "shoal_sync_errors",
+                "Failed partition syncs or offloads",
+                |s| s.errors,
+            ),
+            (
+                "shoal_sync_sessions",
+                "Sync sessions started by this node",
+                |s| s.sessions,
+            ),
+            ("shoal_sync_full_scans", "Full anti-entropy scans", |s| {
+                s.full_scans
+            }),
+            (
+                "shoal_sync_items_sent",
+                "Items sent by sync sessions",
+                |s| s.items_sent,
+            ),
+            (
+                "shoal_sync_items_received",
+                "Items received by sync sessions",
+                |s| s.items_received,
+            ),
+            (
+                "shoal_sync_bytes_sent",
+                "Bytes sent by sync sessions",
+                |s| s.bytes_sent,
+            ),
+            (
+                "shoal_sync_bytes_received",
+                "Bytes received by sync sessions",
+                |s| s.bytes_received,
+            ),
+        ];
+        for (name, help, f) in counters {
+            let rows = stats
+                .iter()
+                .map(|(t, s)| (table(t), ConstCounter::new(f(s))))
+                .collect();
+            family(&mut encoder, name, help, MetricType::Counter, rows)?;
+        }
+        let sizes = self
+            .node
+            .table_sizes()
+            .into_iter()
+            .map(|(t, n)| (table(&t), ConstGauge::new(n as i64)))
+            .collect();
+        family(
+            &mut encoder,
+            "shoal_table_items",
+            "Items stored on this node (tombstones included)",
+            MetricType::Gauge,
+            sizes,
+        )?;
+        let bytes = self.store.approximate_size().unwrap_or(0);
+        family(
+            &mut encoder,
+            "shoal_store_bytes",
+            "Size of the node's store file",
+            MetricType::Gauge,
+            vec![(Vec::new(), ConstGauge::new(bytes as i64))],
+        )?;
+        let status = self.node.status();
+        let up = status.nodes.iter().filter(|n| n.up).count() as i64;
+        let down = status.nodes.len() as i64 - up;
+        family(
+            &mut encoder,
+            "shoal_cluster_nodes",
+            "Nodes this node knows, by state",
+            MetricType::Gauge,
+            vec![
+                (vec![("state".into(), "up".into())], ConstGauge::new(up)),
+                (vec![("state".into(), "down".into())], ConstGauge::new(down)),
+            ],
+        )?;
+        family(
+            &mut encoder,
+            "shoal_layout_version",
+            "Version of the layout this node applies",
+            MetricType::Gauge,
+            vec![(Vec::new(), ConstGauge::new(status.layout_version as i64))],
+        )?;
+        Ok(())
+    }
+}
+
+/// The node's registry: everything above, under one roof.
+pub fn registry<T: Transport>(node: &Node<T>, store: &Store, api: &ApiMetrics) -> Arc<Registry> {
+    let mut registry = Registry::default();
+    node.net_metrics().register(&mut registry);
+    registry.register(
+        "shoal_api_requests",
+        "K2V API requests, by operation and status",
+        api.requests.clone(),
+    );
+    registry.register(
+        "shoal_api_request_seconds",
+        "K2V API request latency, by operation",
+        api.latency.clone(),
+    );
+    registry.register_collector(Box::new(NodeCollector {
+        node: node.clone(),
+        store: store.clone(),
+    }));
+    Arc::new(registry)
+}
