@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -262,6 +264,8 @@ const BUILT_IN_ENDPOINTS: &[&str] = &[
     "admin.status",
     "admin.put",
     "admin.get",
+    "kv.put",
+    "kv.get",
     "admin.digests",
     "admin.layout",
     "admin.sync",
@@ -309,6 +313,10 @@ pub struct NodeConfig {
     /// Where the node keeps its own state (the applied layout, staged changes) across
     /// restarts; `None` keeps it in memory only.
     pub system_store: Option<shoal_storage::Store>,
+    /// Run storage work in place instead of on the blocking pool (deterministic simulation).
+    pub inline_storage: bool,
+    /// The wall clock for write stamps (`None`: the system clock).
+    pub clock: Option<Arc<dyn WallClock>>,
 }
 
 impl Default for NodeConfig {
@@ -320,6 +328,8 @@ impl Default for NodeConfig {
             down_after: 3,
             net: NetConfig::default(),
             system_store: None,
+            inline_storage: false,
+            clock: None,
         }
     }
 }
@@ -421,6 +431,23 @@ fn encode<V: Serialize>(v: &V) -> Vec<u8> {
 
 fn decode<'a, V: Deserialize<'a>>(b: &'a [u8]) -> Result<V, String> {
     rmp_serde::from_slice(b).map_err(|e| format!("malformed request: {e}"))
+}
+
+/// Storage work that panicked or was cancelled.
+#[derive(Debug)]
+pub struct BlockingFailed(String);
+
+impl std::fmt::Display for BlockingFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "storage task failed: {}", self.0)
+    }
+}
+
+/// A wall clock (milliseconds since the Unix epoch). Injected so a simulation can drive it, and
+/// skew it per node.
+pub trait WallClock: Send + Sync + std::fmt::Debug {
+    /// Now.
+    fn now_ms(&self) -> u64;
 }
 
 /// Why a sync with a peer failed.
@@ -531,6 +558,34 @@ impl<T: Transport> Node<T> {
         self.state.net.get().expect("network set at start")
     }
 
+    /// Runs storage work off the async workers, or in place when the node is simulated (one
+    /// thread, virtual time: a blocking pool would make runs irreproducible).
+    fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> impl Future<Output = Result<R, BlockingFailed>> + Send + 'static {
+        let inline = self.state.config.inline_storage;
+        async move {
+            if inline {
+                Ok(f())
+            } else {
+                tokio::task::spawn_blocking(f)
+                    .await
+                    .map_err(|e| BlockingFailed(e.to_string()))
+            }
+        }
+    }
+
+    /// Wall-clock milliseconds, from the configured clock.
+    pub fn now_ms(&self) -> u64 {
+        match &self.state.config.clock {
+            Some(c) => c.now_ms(),
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        }
+    }
+
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.state.id
@@ -621,7 +676,7 @@ impl<T: Transport> Node<T> {
     ) -> Result<(), String> {
         if node == self.id() {
             let t = self.table(table)?;
-            tokio::task::spawn_blocking(move || t.merge_encoded(items))
+            self.blocking(move || t.merge_encoded(items))
                 .await
                 .map_err(|e| e.to_string())??;
             return Ok(());
@@ -646,7 +701,7 @@ impl<T: Transport> Node<T> {
     ) -> Result<Option<Vec<u8>>, String> {
         if node == self.id() {
             let t = self.table(table)?;
-            return tokio::task::spawn_blocking(move || t.get_encoded(&key))
+            return self.blocking(move || t.get_encoded(&key))
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -676,7 +731,7 @@ impl<T: Transport> Node<T> {
         let limit = limit.min(MAX_RANGE_ITEMS);
         if node == self.id() {
             let t = self.table(table)?;
-            return tokio::task::spawn_blocking(move || t.scan_range(&range, reverse, limit))
+            return self.blocking(move || t.scan_range(&range, reverse, limit))
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -992,9 +1047,7 @@ impl<T: Transport> Node<T> {
                     2,
                     2,
                 );
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
+                let now = self.now_ms();
                 let value = value.map(ByteBuf::into_vec);
                 for i in 0..copies.max(1) {
                     let sk = if copies > 1 {
@@ -1006,6 +1059,34 @@ impl<T: Transport> Node<T> {
                     rep.insert(&item).await.map_err(|e| e.to_string())?;
                 }
                 Ok(encode(&copies.max(1)))
+            }
+            "kv.put" => {
+                // A client write on the `kv` table at quorum; replies with the write's stamp.
+                let (pk, sk, value): (String, String, Option<ByteBuf>) = decode(&body)?;
+                let rep = crate::replication::Replicated::<crate::kv::KvTable, T>::new(
+                    self.clone(),
+                    2,
+                    2,
+                );
+                let now = self.now_ms();
+                let item =
+                    crate::kv::KvItem::new(&pk, &sk, value.map(ByteBuf::into_vec), now, self.id());
+                rep.insert(&item).await.map_err(|e| e.to_string())?;
+                Ok(encode(&(now, self.id())))
+            }
+            "kv.get" => {
+                // A client read at quorum: the value (`None` if deleted) with its stamp.
+                let (pk, sk): (String, String) = decode(&body)?;
+                let rep = crate::replication::Replicated::<crate::kv::KvTable, T>::new(
+                    self.clone(),
+                    2,
+                    2,
+                );
+                let item = rep.get(&pk, &sk).await.map_err(|e| e.to_string())?;
+                Ok(encode(&item.map(|i| {
+                    let stamp = i.value.stamp();
+                    (i.value.get().clone().map(ByteBuf::from), stamp.time, stamp.node)
+                })))
             }
             "admin.get" => {
                 let (pk, sk): (String, String) = decode(&body)?;
@@ -1022,7 +1103,7 @@ impl<T: Transport> Node<T> {
             "admin.digests" => {
                 let name: String = decode(&body)?;
                 let table = self.table(&name)?;
-                let digests = tokio::task::spawn_blocking(move || {
+                let digests = self.blocking(move || {
                     (0..=255u8)
                         .map(|p| {
                             let r = table.replica(p);
@@ -1068,7 +1149,7 @@ impl<T: Transport> Node<T> {
                 let w: TableWrite = decode(&body)?;
                 let table = self.table(&w.table)?;
                 let items = w.items.into_iter().map(ByteBuf::into_vec).collect();
-                let changed = tokio::task::spawn_blocking(move || table.merge_encoded(items))
+                let changed = self.blocking(move || table.merge_encoded(items))
                     .await
                     .map_err(|e| e.to_string())??;
                 Ok(encode(&changed))
@@ -1076,7 +1157,7 @@ impl<T: Transport> Node<T> {
             "table.read" => {
                 let r: TableRead = decode(&body)?;
                 let table = self.table(&r.table)?;
-                let v = tokio::task::spawn_blocking(move || table.get_encoded(&r.key))
+                let v = self.blocking(move || table.get_encoded(&r.key))
                     .await
                     .map_err(|e| e.to_string())??;
                 Ok(encode(&v.map(ByteBuf::from)))
@@ -1090,7 +1171,7 @@ impl<T: Transport> Node<T> {
                 };
                 let limit = (r.limit as usize).min(MAX_RANGE_ITEMS);
                 let v =
-                    tokio::task::spawn_blocking(move || table.scan_range(&range, r.reverse, limit))
+                    self.blocking(move || table.scan_range(&range, r.reverse, limit))
                         .await
                         .map_err(|e| e.to_string())??;
                 let v: Vec<(ByteBuf, ByteBuf)> = v
@@ -1146,7 +1227,7 @@ impl<T: Transport> Node<T> {
             }
         };
         // Storage work (scans, durable merges) runs off the async workers.
-        let result = tokio::task::spawn_blocking(move || {
+        let result = self.blocking(move || {
             let mut session = session;
             for raw in step.messages {
                 let msg = Message::decode(&raw).map_err(|e| e.to_string())?;
@@ -1239,7 +1320,7 @@ impl<T: Transport> Node<T> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let replica = t.replica(p);
         let (mut session, mut replica, mut outgoing) =
-            tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
+            self.blocking(move || -> Result<_, SyncError> {
                 let mut s = if push_only {
                     Session::initiate_push_only(&*replica)?
                 } else {
@@ -1270,7 +1351,7 @@ impl<T: Transport> Node<T> {
                 transcript.legs += 1;
             }
             transcript.bytes_b_to_a += replies.iter().map(|m| m.len() as u64).sum::<u64>();
-            let (s, r, out) = tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
+            let (s, r, out) = self.blocking(move || -> Result<_, SyncError> {
                 for raw in replies {
                     session.receive(&*replica, Message::decode(&raw)?)?;
                 }
@@ -1357,7 +1438,7 @@ impl<T: Transport> Node<T> {
                     let t2 = t.clone();
                     let layout = prev.clone();
                     let id = me.id();
-                    work = tokio::task::spawn_blocking(move || {
+                    work = me.blocking(move || {
                         work.full_scan(&layout, id, |p| t2.has_data(p).unwrap_or(false));
                         work
                     })
@@ -1578,7 +1659,7 @@ impl<T: Transport> Node<T> {
         }
         // Offload: this node no longer stores the partition.
         let t2 = t.clone();
-        let snapshot = tokio::task::spawn_blocking(move || t2.scan_partition(w.partition))
+        let snapshot = self.blocking(move || t2.scan_partition(w.partition))
             .await
             .map_err(|e| e.to_string())??;
         if snapshot.is_empty() {
@@ -1604,7 +1685,7 @@ impl<T: Transport> Node<T> {
             return Ok(true);
         }
         let t2 = t.clone();
-        let left = tokio::task::spawn_blocking(move || {
+        let left = self.blocking(move || {
             t2.delete_if_unchanged(snapshot)?;
             t2.has_data(w.partition)
         })

@@ -155,6 +155,10 @@ struct Conn {
     next_id: AtomicU64,
     alive: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// When a frame last arrived: a connection silent for a whole call timeout while a call
+    /// waited is presumed dead (a peer gone without a reset, a network partition) and dropped,
+    /// so the next call dials again instead of timing out on it forever.
+    last_heard: Mutex<tokio::time::Instant>,
 }
 
 impl Conn {
@@ -207,7 +211,7 @@ struct Inner<T: Transport> {
     listeners: Mutex<Vec<JoinHandle<()>>>,
     refused: AtomicU64,
     /// Peers whose last dial failed: when to try again, and the current wait.
-    backoff: Mutex<HashMap<NodeId, (std::time::Instant, Duration)>>,
+    backoff: Mutex<HashMap<NodeId, (tokio::time::Instant, Duration)>>,
 }
 
 /// A node's endpoint on the cluster network. Cheap to clone.
@@ -415,10 +419,13 @@ impl<T: Transport> Network<T> {
         let fut = self.call_inner(peer, endpoint, body);
         let result = match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(RpcError::Timeout {
-                peer,
-                endpoint: endpoint.to_string(),
-            }),
+            Err(_) => {
+                self.drop_if_silent(peer, timeout);
+                Err(RpcError::Timeout {
+                    peer,
+                    endpoint: endpoint.to_string(),
+                })
+            }
         };
         let outcome = match &result {
             Ok(_) => "ok",
@@ -429,6 +436,27 @@ impl<T: Transport> Network<T> {
             .metrics
             .record_call(endpoint, outcome, started.elapsed().as_secs_f64());
         result
+    }
+
+    /// After a timed-out call: drops the connection to `peer` if nothing at all arrived on it
+    /// for `silence` (a slow handler on a live peer keeps its connection: other replies, or
+    /// the peer's own requests, still arrive).
+    fn drop_if_silent(&self, peer: NodeId, silence: Duration) {
+        let conn = self
+            .inner
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .cloned();
+        if let Some(c) = conn {
+            let heard = *c.last_heard.lock().unwrap_or_else(|p| p.into_inner());
+            if heard.elapsed() >= silence {
+                debug!(?peer, "connection silent for a whole call timeout; dropping it");
+                c.close();
+                self.forget(&c);
+            }
+        }
     }
 
     /// This network's metrics (register them in the node's registry).
@@ -509,7 +537,7 @@ impl<T: Transport> Network<T> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&peer)
-            .map(|(at, _)| at.saturating_duration_since(std::time::Instant::now()))
+            .map(|(at, _)| at.saturating_duration_since(tokio::time::Instant::now()))
             .filter(|d| !d.is_zero());
         if let Some(d) = waiting {
             return Err(RpcError::Unreachable {
@@ -523,7 +551,7 @@ impl<T: Transport> Network<T> {
             let wait = b.get(&peer).map_or(cfg.reconnect_initial, |(_, w)| {
                 (*w * 2).min(cfg.reconnect_max)
             });
-            b.insert(peer, (std::time::Instant::now() + wait, wait));
+            b.insert(peer, (tokio::time::Instant::now() + wait, wait));
             return Err(e);
         }
         self.inner
@@ -585,6 +613,7 @@ impl<T: Transport> Network<T> {
             next_id: AtomicU64::new(1),
             alive: AtomicBool::new(true),
             tasks: Mutex::new(Vec::new()),
+            last_heard: Mutex::new(tokio::time::Instant::now()),
         });
         i.backoff
             .lock()
@@ -649,7 +678,13 @@ impl<T: Transport> Network<T> {
             let mut opener = Opener::new(max_message);
             let reason = loop {
                 let frame = match stream.next().await {
-                    Some(Ok(f)) => f,
+                    Some(Ok(f)) => {
+                        *reader_conn
+                            .last_heard
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
+                        f
+                    }
                     Some(Err(e)) => break ChannelError::Closed(e.to_string()),
                     None => break ChannelError::Closed("end of stream".into()),
                 };

@@ -5,6 +5,8 @@
 //! random source) connect, lose messages, get partitioned and repaired, exactly where real
 //! nodes would use TCP.
 
+pub mod cluster;
+
 use std::io;
 use std::net::SocketAddr;
 

@@ -64,8 +64,17 @@ impl Store {
         R: Send + 'static,
         E: Send + 'static,
     {
-        let (slot, rx) = self.submit(f);
-        let committed = rx.blocking_recv().unwrap_or(Err(StorageError::Closed));
+        let (slot, mut rx) = self.submit(f);
+        // An engine that commits in place (the memory engine) has answered already: take the
+        // answer without blocking, which also works on an async thread (simulations run
+        // storage in place).
+        let committed = match rx.try_recv() {
+            Ok(r) => r,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Err(StorageError::Closed),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                rx.blocking_recv().unwrap_or(Err(StorageError::Closed))
+            }
+        };
         Self::finish(slot, committed)
     }
 
