@@ -10,6 +10,7 @@
 //!
 //! This crate never depends on the HTTP API or the binary.
 
+pub mod history;
 pub mod kv;
 pub mod layout;
 pub mod node;

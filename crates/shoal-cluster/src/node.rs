@@ -184,6 +184,7 @@ pub struct SyncerStats {
 
 const SYSTEM_TREE: &str = "system~node";
 const LAYOUT_KEY: &[u8] = b"layout";
+const HISTORY_KEY: &[u8] = b"layout-history";
 const STAGED_KEY: &[u8] = b"staged";
 
 /// Layout changes staged on a node, applied together: node → new role (`None` removes it).
@@ -352,6 +353,12 @@ struct PingReply {
     addr: String,
     layout_version: u64,
     peers: Vec<(NodeId, String)>,
+    /// The highest layout version whose data the answering node has finished syncing.
+    #[serde(default)]
+    synced: u64,
+    /// The highest layout version the answering node acknowledged (see `LayoutHistory`).
+    #[serde(default)]
+    acked: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -373,6 +380,12 @@ struct State<T: Transport> {
     public_addr: RwLock<String>,
     net: OnceLock<Network<T>>,
     layout: RwLock<Layout>,
+    /// Live layout versions and every node's sync progress.
+    history: RwLock<crate::history::LayoutHistory>,
+    /// Per table with a syncer: the newest layout version whose sync work it has finished.
+    table_synced: Mutex<HashMap<String, u64>>,
+    /// Writes this node coordinates, by the layout version current when they started.
+    inflight: Arc<Mutex<BTreeMap<u64, usize>>>,
     peers: Mutex<BTreeMap<NodeId, PeerStatus>>,
     tables: RwLock<HashMap<String, Arc<dyn SyncTable>>>,
     endpoints: RwLock<HashMap<String, Endpoint>>,
@@ -433,6 +446,24 @@ fn decode<'a, V: Deserialize<'a>>(b: &'a [u8]) -> Result<V, String> {
     rmp_serde::from_slice(b).map_err(|e| format!("malformed request: {e}"))
 }
 
+/// A write being coordinated (see [`Node::begin_write`]).
+pub struct WriteInFlight {
+    inflight: Arc<Mutex<BTreeMap<u64, usize>>>,
+    version: u64,
+}
+
+impl Drop for WriteInFlight {
+    fn drop(&mut self) {
+        let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.version) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.version);
+            }
+        }
+    }
+}
+
 /// Storage work that panicked or was cancelled.
 #[derive(Debug)]
 pub struct BlockingFailed(String);
@@ -491,6 +522,13 @@ impl<T: Transport> Node<T> {
             None => (layout, Staged::new()),
         };
         layout.replication_factor = layout.replication_factor.max(1);
+        let mut history: crate::history::LayoutHistory = config
+            .system_store
+            .as_ref()
+            .and_then(|s| s.get(SYSTEM_TREE, HISTORY_KEY).ok().flatten())
+            .and_then(|b| rmp_serde::from_slice(&b).ok())
+            .unwrap_or_default();
+        history.push(&layout);
         let state = Arc::new_cyclic(|weak: &std::sync::Weak<State<T>>| {
             let net = Network::new(
                 key,
@@ -507,6 +545,9 @@ impl<T: Transport> Node<T> {
                 public_addr: RwLock::new(config.public_addr.clone()),
                 net: cell,
                 layout: RwLock::new(layout.clone()),
+                history: RwLock::new(history),
+                table_synced: Mutex::new(HashMap::new()),
+                inflight: Arc::new(Mutex::new(BTreeMap::new())),
                 peers: Mutex::new(BTreeMap::new()),
                 tables: RwLock::new(HashMap::new()),
                 endpoints: RwLock::new(HashMap::new()),
@@ -621,10 +662,159 @@ impl<T: Transport> Node<T> {
         };
         if adopted {
             let l = self.layout();
+            let history = {
+                let mut h = self
+                    .state
+                    .history
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner());
+                h.push(&l);
+                h.clone()
+            };
             self.state.layout_tx.send_replace(l.clone());
             self.persist(LAYOUT_KEY, &l).await;
+            self.persist(HISTORY_KEY, &history).await;
         }
         adopted
+    }
+
+    /// The live layout versions and every node's sync progress, as this node knows them.
+    pub fn history(&self) -> crate::history::LayoutHistory {
+        self.state
+            .history
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The highest layout version this node has finished syncing (every table's syncer).
+    pub fn synced_version(&self) -> u64 {
+        let current = self.layout().version;
+        let tables = self
+            .state
+            .table_synced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // A node without syncers (tests, tools) has nothing to move.
+        tables.values().copied().min().unwrap_or(current)
+    }
+
+    /// The newest layout version this node acknowledges: it knows it, and every write it
+    /// coordinates started under it (or later).
+    pub fn acked_version(&self) -> u64 {
+        let current = self.layout().version;
+        let oldest = self
+            .state
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .next()
+            .copied();
+        let acked = oldest.map_or(current, |o| o.min(current));
+        self.state
+            .history
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .record_acked(self.id(), acked);
+        acked
+    }
+
+    /// Registers a write this node coordinates, under the current layout version, until the
+    /// guard drops.
+    pub fn begin_write(&self) -> WriteInFlight {
+        let version = self.layout().version;
+        *self
+            .state
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(version)
+            .or_default() += 1;
+        WriteInFlight {
+            inflight: self.state.inflight.clone(),
+            version,
+        }
+    }
+
+    /// A table's syncer has finished every piece of work up to layout `version`.
+    async fn table_done(&self, table: &str, version: u64) {
+        let changed = {
+            let mut t = self
+                .state
+                .table_synced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let v = t.entry(table.to_string()).or_default();
+            let changed = *v < version;
+            *v = (*v).max(version);
+            changed
+        };
+        if changed {
+            let id = self.id();
+            self.note_synced(id, self.synced_version()).await;
+        }
+    }
+
+    /// Records a node's sync progress; retires versions no longer needed.
+    async fn note_synced(&self, node: NodeId, version: u64) {
+        let retired = {
+            let mut h = self
+                .state
+                .history
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            let before = h.synced.get(&node).copied();
+            h.record_synced(node, version);
+            let retired = h.prune();
+            (retired > 0 || before != h.synced.get(&node).copied()).then(|| (retired, h.clone()))
+        };
+        if let Some((retired, history)) = retired {
+            if retired > 0 {
+                info!(
+                    retired,
+                    read_version = history.read_version().map_or(0, |l| l.version),
+                    "old layout versions retired"
+                );
+            }
+            self.persist(HISTORY_KEY, &history).await;
+        }
+    }
+
+    /// The node sets a write of partition `p` of `table` must reach a quorum in: one per live
+    /// layout version.
+    pub fn write_sets(&self, table: &str, p: u8) -> Vec<Vec<NodeId>> {
+        let replication = self.replication_of(table);
+        let h = self.state.history.read().unwrap_or_else(|e| e.into_inner());
+        let sets = h.write_sets(|l| replication.nodes_of(l, p));
+        if sets.is_empty() {
+            let n = self.nodes_for(table, p);
+            if n.is_empty() { Vec::new() } else { vec![n] }
+        } else {
+            sets
+        }
+    }
+
+    /// The nodes a read of partition `p` of `table` asks: those of the read version.
+    pub fn read_nodes(&self, table: &str, p: u8) -> Vec<NodeId> {
+        let replication = self.replication_of(table);
+        let h = self.state.history.read().unwrap_or_else(|e| e.into_inner());
+        if h.versions.is_empty() {
+            drop(h);
+            return self.nodes_for(table, p);
+        }
+        h.read_set(|l| replication.nodes_of(l, p))
+    }
+
+    /// Every node of partition `p` of `table` in a live version: whom a replica syncs with.
+    pub fn sync_nodes(&self, table: &str, p: u8) -> Vec<NodeId> {
+        let replication = self.replication_of(table);
+        let h = self.state.history.read().unwrap_or_else(|e| e.into_inner());
+        if h.versions.is_empty() {
+            drop(h);
+            return self.nodes_for(table, p);
+        }
+        h.union(|l| replication.nodes_of(l, p))
     }
 
     async fn persist<V: Serialize>(&self, key: &'static [u8], value: &V) {
@@ -701,7 +891,8 @@ impl<T: Transport> Node<T> {
     ) -> Result<Option<Vec<u8>>, String> {
         if node == self.id() {
             let t = self.table(table)?;
-            return self.blocking(move || t.get_encoded(&key))
+            return self
+                .blocking(move || t.get_encoded(&key))
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -731,7 +922,8 @@ impl<T: Transport> Node<T> {
         let limit = limit.min(MAX_RANGE_ITEMS);
         if node == self.id() {
             let t = self.table(table)?;
-            return self.blocking(move || t.scan_range(&range, reverse, limit))
+            return self
+                .blocking(move || t.scan_range(&range, reverse, limit))
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -943,6 +1135,12 @@ impl<T: Transport> Node<T> {
             {
                 Ok(reply) => {
                     self.record(p.id, reply.addr.clone(), true);
+                    self.note_synced(p.id, reply.synced).await;
+                    self.state
+                        .history
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .record_acked(p.id, reply.acked);
                     for (id, addr) in reply.peers {
                         if id != self.id() {
                             self.learn(id, addr);
@@ -1030,6 +1228,8 @@ impl<T: Transport> Node<T> {
                     addr: self.public_addr(),
                     layout_version: self.layout().version,
                     peers,
+                    synced: self.synced_version(),
+                    acked: self.acked_version(),
                 }))
             }
             "layout.get" => Ok(encode(&self.layout())),
@@ -1085,7 +1285,11 @@ impl<T: Transport> Node<T> {
                 let item = rep.get(&pk, &sk).await.map_err(|e| e.to_string())?;
                 Ok(encode(&item.map(|i| {
                     let stamp = i.value.stamp();
-                    (i.value.get().clone().map(ByteBuf::from), stamp.time, stamp.node)
+                    (
+                        i.value.get().clone().map(ByteBuf::from),
+                        stamp.time,
+                        stamp.node,
+                    )
                 })))
             }
             "admin.get" => {
@@ -1103,18 +1307,19 @@ impl<T: Transport> Node<T> {
             "admin.digests" => {
                 let name: String = decode(&body)?;
                 let table = self.table(&name)?;
-                let digests = self.blocking(move || {
-                    (0..=255u8)
-                        .map(|p| {
-                            let r = table.replica(p);
-                            r.head()
-                                .map(|h| (h.digest.xor, h.digest.check, h.digest.count))
-                        })
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+                let digests = self
+                    .blocking(move || {
+                        (0..=255u8)
+                            .map(|p| {
+                                let r = table.replica(p);
+                                r.head()
+                                    .map(|h| (h.digest.xor, h.digest.check, h.digest.count))
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
                 Ok(encode(&digests))
             }
             "admin.layout" => Ok(encode(&self.layout_report())),
@@ -1149,7 +1354,8 @@ impl<T: Transport> Node<T> {
                 let w: TableWrite = decode(&body)?;
                 let table = self.table(&w.table)?;
                 let items = w.items.into_iter().map(ByteBuf::into_vec).collect();
-                let changed = self.blocking(move || table.merge_encoded(items))
+                let changed = self
+                    .blocking(move || table.merge_encoded(items))
                     .await
                     .map_err(|e| e.to_string())??;
                 Ok(encode(&changed))
@@ -1157,7 +1363,8 @@ impl<T: Transport> Node<T> {
             "table.read" => {
                 let r: TableRead = decode(&body)?;
                 let table = self.table(&r.table)?;
-                let v = self.blocking(move || table.get_encoded(&r.key))
+                let v = self
+                    .blocking(move || table.get_encoded(&r.key))
                     .await
                     .map_err(|e| e.to_string())??;
                 Ok(encode(&v.map(ByteBuf::from)))
@@ -1170,10 +1377,10 @@ impl<T: Transport> Node<T> {
                     end: bound_from_wire(r.end),
                 };
                 let limit = (r.limit as usize).min(MAX_RANGE_ITEMS);
-                let v =
-                    self.blocking(move || table.scan_range(&range, r.reverse, limit))
-                        .await
-                        .map_err(|e| e.to_string())??;
+                let v = self
+                    .blocking(move || table.scan_range(&range, r.reverse, limit))
+                    .await
+                    .map_err(|e| e.to_string())??;
                 let v: Vec<(ByteBuf, ByteBuf)> = v
                     .into_iter()
                     .map(|(k, v)| (ByteBuf::from(k), ByteBuf::from(v)))
@@ -1227,26 +1434,28 @@ impl<T: Transport> Node<T> {
             }
         };
         // Storage work (scans, durable merges) runs off the async workers.
-        let result = self.blocking(move || {
-            let mut session = session;
-            for raw in step.messages {
-                let msg = Message::decode(&raw).map_err(|e| e.to_string())?;
-                match session.as_mut() {
-                    Some(s) => s.receive(&*replica, msg).map_err(|e| e.to_string())?,
-                    None => {
-                        session = Some(Session::respond(&*replica, msg).map_err(|e| e.to_string())?)
+        let result = self
+            .blocking(move || {
+                let mut session = session;
+                for raw in step.messages {
+                    let msg = Message::decode(&raw).map_err(|e| e.to_string())?;
+                    match session.as_mut() {
+                        Some(s) => s.receive(&*replica, msg).map_err(|e| e.to_string())?,
+                        None => {
+                            session =
+                                Some(Session::respond(&*replica, msg).map_err(|e| e.to_string())?)
+                        }
                     }
                 }
-            }
-            let mut s = session.ok_or("an empty first step")?;
-            let mut out = Vec::new();
-            while let Some(m) = s.poll_send(&*replica).map_err(|e| e.to_string())? {
-                out.push(ByteBuf::from(m.encode()));
-            }
-            Ok::<_, String>((s, replica, out))
-        })
-        .await
-        .map_err(|e| format!("sync step failed: {e}"))??;
+                let mut s = session.ok_or("an empty first step")?;
+                let mut out = Vec::new();
+                while let Some(m) = s.poll_send(&*replica).map_err(|e| e.to_string())? {
+                    out.push(ByteBuf::from(m.encode()));
+                }
+                Ok::<_, String>((s, replica, out))
+            })
+            .await
+            .map_err(|e| format!("sync step failed: {e}"))??;
         let (session, replica, out) = result;
         let asks_everything = out.iter().any(|m| **m == Message::WantAll.encode());
         {
@@ -1319,8 +1528,8 @@ impl<T: Transport> Node<T> {
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let replica = t.replica(p);
-        let (mut session, mut replica, mut outgoing) =
-            self.blocking(move || -> Result<_, SyncError> {
+        let (mut session, mut replica, mut outgoing) = self
+            .blocking(move || -> Result<_, SyncError> {
                 let mut s = if push_only {
                     Session::initiate_push_only(&*replica)?
                 } else {
@@ -1351,18 +1560,19 @@ impl<T: Transport> Node<T> {
                 transcript.legs += 1;
             }
             transcript.bytes_b_to_a += replies.iter().map(|m| m.len() as u64).sum::<u64>();
-            let (s, r, out) = self.blocking(move || -> Result<_, SyncError> {
-                for raw in replies {
-                    session.receive(&*replica, Message::decode(&raw)?)?;
-                }
-                let mut out = Vec::new();
-                while let Some(m) = session.poll_send(&*replica)? {
-                    out.push(m.encode());
-                }
-                Ok((session, replica, out))
-            })
-            .await
-            .map_err(|e| PeerSyncError::Malformed(e.to_string()))??;
+            let (s, r, out) = self
+                .blocking(move || -> Result<_, SyncError> {
+                    for raw in replies {
+                        session.receive(&*replica, Message::decode(&raw)?)?;
+                    }
+                    let mut out = Vec::new();
+                    while let Some(m) = session.poll_send(&*replica)? {
+                        out.push(m.encode());
+                    }
+                    Ok((session, replica, out))
+                })
+                .await
+                .map_err(|e| PeerSyncError::Malformed(e.to_string()))??;
             session = s;
             replica = r;
             outgoing = out;
@@ -1387,6 +1597,13 @@ impl<T: Transport> Node<T> {
     /// their owners and deleted here if unchanged.
     pub fn start_syncer(&self, table: &str, config: SyncerConfig) -> Result<(), String> {
         let t = self.table(table)?;
+        // Until its first pass, the table has synced nothing of the layout it starts with.
+        self.state
+            .table_synced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(table.to_string())
+            .or_insert(0);
         let node = Arc::downgrade(&self.state);
         let mut layout_rx = self.state.layout_tx.subscribe();
         let mut peers_rx = self.state.peer_up_tx.subscribe();
@@ -1398,6 +1615,8 @@ impl<T: Transport> Node<T> {
                 .map(|state| Node { state }.replication_of(&name))
                 .unwrap_or_default();
             let mut work = crate::worklist::WorkList::new(config.seed, replication);
+            // The layout version whose after-acknowledgement pass has been queued.
+            let mut ack_pass: Option<u64> = None;
             let mut prev = layout_rx.borrow_and_update().clone();
             let mut next_full = tokio::time::Instant::now() + config.start_delay;
             // Failed partitions come back after a delay that doubles with each failure (1 s up
@@ -1438,12 +1657,13 @@ impl<T: Transport> Node<T> {
                     let t2 = t.clone();
                     let layout = prev.clone();
                     let id = me.id();
-                    work = me.blocking(move || {
-                        work.full_scan(&layout, id, |p| t2.has_data(p).unwrap_or(false));
-                        work
-                    })
-                    .await
-                    .expect("full scan task");
+                    work = me
+                        .blocking(move || {
+                            work.full_scan(&layout, id, |p| t2.has_data(p).unwrap_or(false));
+                            work
+                        })
+                        .await
+                        .expect("full scan task");
                     next_full = tokio::time::Instant::now() + config.scan_interval;
                     me.bump(&name, |s| s.full_scans += 1);
                 }
@@ -1473,12 +1693,35 @@ impl<T: Transport> Node<T> {
                     }
                     continue;
                 }
+                // Once every node acknowledged the current version, one more pass over every
+                // partition: writes started under older versions have all landed by then.
+                if ack_pass != Some(prev.version) && me.history().all_acked(prev.version) {
+                    ack_pass = Some(prev.version);
+                    let (t2, layout, id) = (t.clone(), prev.clone(), me.id());
+                    work = me
+                        .blocking(move || {
+                            work.full_scan(&layout, id, |p| t2.has_data(p).unwrap_or(false));
+                            work
+                        })
+                        .await
+                        .expect("full scan task");
+                    continue;
+                }
+                if work.is_empty() && retry.is_empty() && ack_pass == Some(prev.version) {
+                    me.table_done(&name, prev.version).await;
+                }
                 let next_retry = retry
                     .values()
                     .map(|(at, _, _)| *at)
                     .min()
                     .unwrap_or(next_full)
                     .min(next_full);
+                // Waiting for every node to acknowledge the version: look again shortly.
+                let next_retry = if ack_pass != Some(prev.version) {
+                    next_retry.min(tokio::time::Instant::now() + Duration::from_millis(500))
+                } else {
+                    next_retry
+                };
                 drop(me);
                 tokio::select! {
                     _ = layout_rx.changed() => {}
@@ -1619,25 +1862,31 @@ impl<T: Transport> Node<T> {
         w: crate::worklist::Work,
         write_quorum: usize,
     ) -> Result<bool, String> {
-        let nodes = self.nodes_for(table, w.partition);
-        if nodes.contains(&self.id()) {
-            let others: Vec<NodeId> = nodes.into_iter().filter(|n| *n != self.id()).collect();
+        // Every node of the partition in a live layout version: during a change, the new
+        // replicas pull from the old ones through these sessions.
+        let union = self.sync_nodes(table, w.partition);
+        if union.contains(&self.id()) {
+            let others: Vec<NodeId> = union.into_iter().filter(|n| *n != self.id()).collect();
             let mut set = tokio::task::JoinSet::new();
             for peer in others.clone() {
                 let (me, table) = (self.clone(), table.to_string());
-                set.spawn(async move { me.sync_with(peer, &table, w.partition).await });
+                set.spawn(async move { (peer, me.sync_with(peer, &table, w.partition).await) });
             }
             let mut errors = 0;
+            let mut reached = vec![self.id()];
             while let Some(r) = set.join_next().await {
                 match r {
-                    Ok(Ok(tr)) => self.bump(table, |s| {
-                        s.items_received += tr.a.items_received;
-                        s.items_sent += tr.a.items_sent;
-                        s.bytes_sent += tr.bytes_a_to_b;
-                        s.bytes_received += tr.bytes_b_to_a;
-                        s.sessions += 1;
-                    }),
-                    Ok(Err(e)) => {
+                    Ok((peer, Ok(tr))) => {
+                        reached.push(peer);
+                        self.bump(table, |s| {
+                            s.items_received += tr.a.items_received;
+                            s.items_sent += tr.a.items_sent;
+                            s.bytes_sent += tr.bytes_a_to_b;
+                            s.bytes_received += tr.bytes_b_to_a;
+                            s.sessions += 1;
+                        })
+                    }
+                    Ok((_, Err(e))) => {
                         errors += 1;
                         debug!(table, partition = w.partition, error = %e, "sync with a replica failed");
                     }
@@ -1647,24 +1896,33 @@ impl<T: Transport> Node<T> {
                     }
                 }
             }
-            let tolerated = (others.len() + 1).saturating_sub(write_quorum);
-            if errors > tolerated {
-                return Err(format!(
-                    "{errors} of {} replicas failed (at most {tolerated} tolerated)",
-                    others.len()
-                ));
+            // In every live version's node set, enough nodes were reached that any write quorum
+            // of that set intersects them: every acknowledged write is now here.
+            for nodes in self.write_sets(table, w.partition) {
+                let quorum = write_quorum.min(nodes.len());
+                let needed = nodes.len() - quorum + 1;
+                let got = nodes.iter().filter(|n| reached.contains(n)).count();
+                if got < needed {
+                    return Err(format!(
+                        "{errors} of {} replicas failed: reached {got} of the {needed} needed in a layout version's {} nodes",
+                        others.len(),
+                        nodes.len()
+                    ));
+                }
             }
             self.bump(table, |s| s.synced += 1);
             return Ok(true);
         }
         // Offload: this node no longer stores the partition.
         let t2 = t.clone();
-        let snapshot = self.blocking(move || t2.scan_partition(w.partition))
+        let snapshot = self
+            .blocking(move || t2.scan_partition(w.partition))
             .await
             .map_err(|e| e.to_string())??;
         if snapshot.is_empty() {
             return Ok(true);
         }
+        let nodes = self.nodes_for(table, w.partition);
         if nodes.is_empty() {
             return Err("no node stores the partition: nowhere to offload".into());
         }
@@ -1681,16 +1939,17 @@ impl<T: Transport> Node<T> {
             });
         }
         // The partition may have become ours again meanwhile: then keep everything.
-        if self.nodes_for(table, w.partition).contains(&self.id()) {
+        if self.sync_nodes(table, w.partition).contains(&self.id()) {
             return Ok(true);
         }
         let t2 = t.clone();
-        let left = self.blocking(move || {
-            t2.delete_if_unchanged(snapshot)?;
-            t2.has_data(w.partition)
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+        let left = self
+            .blocking(move || {
+                t2.delete_if_unchanged(snapshot)?;
+                t2.has_data(w.partition)
+            })
+            .await
+            .map_err(|e| e.to_string())??;
         if left {
             // Written to while we offloaded: go round again.
             return Ok(false);

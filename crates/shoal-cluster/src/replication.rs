@@ -61,42 +61,66 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
     }
 
     /// Merges `entry` on its partition's nodes; returns once `write_quorum` of them have it
-    /// durably. The other writes continue in the background.
+    /// durably, in the node set of every live layout version (during a layout change, both
+    /// the old and the new replicas). The other writes continue in the background.
     pub async fn insert(&self, entry: &S::Entry) -> Result<(), QuorumError> {
         let bytes = entry
             .encode()
             .map_err(|e| QuorumError::Decode(e.to_string()))?;
         let key = Table::<S>::key_of(entry);
-        let nodes = self.node.nodes_for(S::TABLE_NAME, key[0]);
-        if nodes.is_empty() {
+        // Until it returns, this write holds back this node's acknowledgement of any newer
+        // layout version (see `LayoutHistory`).
+        let _in_flight = self.node.begin_write();
+        let sets = self.node.write_sets(S::TABLE_NAME, key[0]);
+        if sets.is_empty() {
             return Err(QuorumError::NoLayout(key[0]));
         }
-        let needed = self.write_quorum.min(nodes.len());
+        let mut nodes: Vec<shoal_net::NodeId> = sets.iter().flatten().copied().collect();
+        nodes.sort();
+        nodes.dedup();
         let (tx, mut rx) = mpsc::channel(nodes.len());
         for n in &nodes {
             let (node, tx, n, bytes) = (self.node.clone(), tx.clone(), *n, bytes.clone());
             tokio::spawn(async move {
                 let r = node.write_to(n, S::TABLE_NAME, vec![bytes]).await;
-                let _ = tx.send(r).await;
+                let _ = tx.send((n, r)).await;
             });
         }
         drop(tx);
-        let (mut acks, mut errors) = (0, Vec::new());
-        while let Some(r) = rx.recv().await {
+        let needed: Vec<usize> = sets
+            .iter()
+            .map(|s| self.write_quorum.min(s.len()))
+            .collect();
+        let (mut acked, mut failed, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some((n, r)) = rx.recv().await {
             match r {
-                Ok(()) => acks += 1,
-                Err(e) => errors.push(e),
+                Ok(()) => acked.push(n),
+                Err(e) => {
+                    failed.push(n);
+                    errors.push(e);
+                }
             }
-            if acks >= needed {
+            let count = |set: &Vec<shoal_net::NodeId>, of: &Vec<shoal_net::NodeId>| {
+                set.iter().filter(|n| of.contains(n)).count()
+            };
+            if sets
+                .iter()
+                .zip(&needed)
+                .all(|(set, need)| count(set, &acked) >= *need)
+            {
                 return Ok(());
             }
-            if errors.len() > nodes.len() - needed {
+            if sets
+                .iter()
+                .zip(&needed)
+                .any(|(set, need)| set.len() - count(set, &failed) < *need)
+            {
                 break;
             }
         }
         Err(QuorumError::Write {
-            acks,
-            needed,
+            acks: acked.len(),
+            needed: needed.iter().copied().max().unwrap_or(0),
             errors,
         })
     }
@@ -109,7 +133,7 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
         sort_key: &S::SortKey,
     ) -> Result<Option<S::Entry>, QuorumError> {
         let key = engine_key(partition_key, sort_key);
-        let nodes = self.node.nodes_for(S::TABLE_NAME, key[0]);
+        let nodes = self.node.read_nodes(S::TABLE_NAME, key[0]);
         if nodes.is_empty() {
             return Err(QuorumError::NoLayout(key[0]));
         }
@@ -177,7 +201,7 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
         limit: usize,
     ) -> Result<Vec<S::Entry>, QuorumError> {
         let p = engine_key(partition_key, &())[0];
-        let nodes = self.node.nodes_for(S::TABLE_NAME, p);
+        let nodes = self.node.read_nodes(S::TABLE_NAME, p);
         if nodes.is_empty() {
             return Err(QuorumError::NoLayout(p));
         }

@@ -452,7 +452,10 @@ impl<T: Transport> Network<T> {
         if let Some(c) = conn {
             let heard = *c.last_heard.lock().unwrap_or_else(|p| p.into_inner());
             if heard.elapsed() >= silence {
-                debug!(?peer, "connection silent for a whole call timeout; dropping it");
+                debug!(
+                    ?peer,
+                    "connection silent for a whole call timeout; dropping it"
+                );
                 c.close();
                 self.forget(&c);
             }

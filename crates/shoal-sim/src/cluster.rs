@@ -13,9 +13,7 @@ use rand::{Rng, SeedableRng};
 use serde_bytes::ByteBuf;
 use shoal_cluster::kv::{KvItem, KvTable};
 use shoal_cluster::layout::{Layout, NodeRole};
-use shoal_cluster::node::{
-    ClusterStatus, LayoutReport, Node, NodeConfig, SyncerConfig, WallClock,
-};
+use shoal_cluster::node::{ClusterStatus, LayoutReport, Node, NodeConfig, SyncerConfig, WallClock};
 use shoal_net::{ClusterSecret, Handler, NetConfig, Network, NodeId, NodeKey};
 use shoal_storage::Store;
 use shoal_sync::ids::IdKey;
@@ -274,12 +272,8 @@ pub fn run(config: &RunConfig) -> Outcome {
         })
         .collect();
     for i in 0..n {
-        let (store, secret, seed, skew) = (
-            stores[i].clone(),
-            secret.clone(),
-            config.seed,
-            skews[i],
-        );
+        let (store, secret, seed, skew) =
+            (stores[i].clone(), secret.clone(), config.seed, skews[i]);
         let bootstrap: Vec<String> = (0..n)
             .filter(|j| *j != i)
             .map(|j| format!("{}:{PORT}", host(j)))
@@ -305,8 +299,9 @@ pub fn run(config: &RunConfig) -> Outcome {
                     Layout::empty(3),
                 )
                 .await?;
-                let index = PartitionIndex::open_async(&store, "kv", IdKey::derive(secret.as_bytes()))
-                    .await?;
+                let index =
+                    PartitionIndex::open_async(&store, "kv", IdKey::derive(secret.as_bytes()))
+                        .await?;
                 let kv = Table::<KvTable>::new(store.clone()).with_hook(index.clone());
                 node.add_table(Arc::new((kv, index)));
                 node.start_syncer(
@@ -339,8 +334,8 @@ pub fn run(config: &RunConfig) -> Outcome {
             );
             let first = format!("{}:{PORT}", host(0));
             loop {
-                if let Ok(s) = call::<ClusterStatus>(&net, ids[0], &first, "admin.status", enc(&()))
-                    .await
+                if let Ok(s) =
+                    call::<ClusterStatus>(&net, ids[0], &first, "admin.status", enc(&())).await
                     && s.nodes.iter().filter(|n| n.up).count() == ids.len()
                 {
                     break;
@@ -396,7 +391,7 @@ pub fn run(config: &RunConfig) -> Outcome {
                 let (pk, sk) = kv_key(key);
                 let start = now_ms();
                 let roll = rng.random_range(0..100);
-                let op = if roll < 60 || roll >= 90 {
+                let op = if !(60..90).contains(&roll) {
                     serial += 1;
                     let value = (roll < 60).then(|| format!("c{c}-{serial}"));
                     let r: Result<(u64, NodeId), String> = call(
@@ -404,7 +399,11 @@ pub fn run(config: &RunConfig) -> Outcome {
                         ids[target],
                         &addr,
                         "kv.put",
-                        enc(&(&pk, &sk, value.as_ref().map(|v| ByteBuf::from(v.as_bytes())))),
+                        enc(&(
+                            &pk,
+                            &sk,
+                            value.as_ref().map(|v| ByteBuf::from(v.as_bytes())),
+                        )),
                     )
                     .await;
                     Op::Write {
@@ -433,7 +432,10 @@ pub fn run(config: &RunConfig) -> Outcome {
                         stamp,
                     }
                 };
-                history.lock().unwrap_or_else(|p| p.into_inner()).push((c, op));
+                history
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((c, op));
                 tokio::time::sleep(Duration::from_millis(rng.random_range(5..60))).await;
             }
             Ok(())
@@ -501,9 +503,15 @@ pub fn run(config: &RunConfig) -> Outcome {
                         zone: format!("z{}", grow + 1),
                         capacity: Some(2),
                     };
-                    if call::<LayoutReport>(&net, *id, &addr, "admin.stage", enc(&(ids[grow], Some(role))))
-                        .await
-                        .is_ok()
+                    if call::<LayoutReport>(
+                        &net,
+                        *id,
+                        &addr,
+                        "admin.stage",
+                        enc(&(ids[grow], Some(role))),
+                    )
+                    .await
+                    .is_ok()
                         && call::<LayoutReport>(&net, *id, &addr, "admin.apply", enc(&()))
                             .await
                             .is_ok()
@@ -645,10 +653,7 @@ fn disagreement(stores: &[Store], ids: &[NodeId], secret: &ClusterSecret) -> Opt
             .filter_map(|id| ids.iter().position(|i| i == id))
             .collect();
         let first = owners.first().and_then(|o| heads[*o].get(p as usize));
-        if owners
-            .iter()
-            .any(|o| heads[*o].get(p as usize) != first)
-        {
+        if owners.iter().any(|o| heads[*o].get(p as usize) != first) {
             let counts: Vec<String> = owners
                 .iter()
                 .map(|o| {
@@ -659,12 +664,18 @@ fn disagreement(stores: &[Store], ids: &[NodeId], secret: &ClusterSecret) -> Opt
                     )
                 })
                 .collect();
-            return Some(format!("partition {p} differs on its replicas ({})", counts.join(" ")));
+            return Some(format!(
+                "partition {p} differs on its replicas ({})",
+                counts.join(" ")
+            ));
         }
         // Non-owners must have handed the partition off.
         for (i, h) in heads.iter().enumerate() {
             if !owners.contains(&i) && h.get(p as usize).is_some_and(|h| h.count() > 0) {
-                return Some(format!("{} still holds partition {p}, not its replica", host(i)));
+                return Some(format!(
+                    "{} still holds partition {p}, not its replica",
+                    host(i)
+                ));
             }
         }
     }
@@ -681,7 +692,8 @@ fn check(history: &[(usize, Op)], stores: &[Store], ids: &[NodeId], violations: 
         })
         .collect();
     // Per key, acknowledged writes: (end time, stamp).
-    let mut acked: BTreeMap<usize, Vec<(u128, (u64, NodeId), Option<String>)>> = BTreeMap::new();
+    type Stamp = (u64, NodeId);
+    let mut acked: BTreeMap<usize, Vec<(u128, Stamp, Option<String>)>> = BTreeMap::new();
     for (_, o) in history {
         if let Op::Write {
             key,
@@ -691,7 +703,10 @@ fn check(history: &[(usize, Op)], stores: &[Store], ids: &[NodeId], violations: 
             ..
         } = o
         {
-            acked.entry(*key).or_default().push((*end, *s, value.clone()));
+            acked
+                .entry(*key)
+                .or_default()
+                .push((*end, *s, value.clone()));
         }
     }
     // Reads: nothing never written; nothing older than a write acknowledged before they began.
@@ -709,7 +724,9 @@ fn check(history: &[(usize, Op)], stores: &[Store], ids: &[NodeId], violations: 
         if let Some(v) = value
             && !written.contains(v)
         {
-            violations.push(format!("client {c} read {v:?} for key {key}, never written"));
+            violations.push(format!(
+                "client {c} read {v:?} for key {key}, never written"
+            ));
         }
         let must_see = acked
             .get(key)
