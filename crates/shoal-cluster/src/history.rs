@@ -101,14 +101,11 @@ impl LayoutHistory {
         self.read_index().map(|i| &self.versions[i])
     }
 
-    /// Retires the versions older than the read version; returns how many.
-    pub fn prune(&mut self) -> usize {
+    /// Retires the versions older than the read version; returns them.
+    pub fn prune(&mut self) -> Vec<Layout> {
         match self.read_index() {
-            Some(i) if i > 0 => {
-                self.versions.drain(..i);
-                i
-            }
-            _ => 0,
+            Some(i) if i > 0 => self.versions.drain(..i).collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -192,13 +189,13 @@ mod tests {
             1,
             "node 4 has not synced"
         );
-        assert_eq!(h.prune(), 0);
+        assert!(h.prune().is_empty());
         h.record_synced(id(4), 2);
         h.record_synced(id(4), 1);
         assert_eq!(h.synced[&id(4)], 2, "synced versions never go back");
         assert_eq!(h.read_version().unwrap().version, 2);
         assert_eq!(h.read_set(nodes), vec![id(3), id(4)]);
-        assert_eq!(h.prune(), 1);
+        assert_eq!(h.prune().len(), 1);
         assert!(!h.in_transition());
         assert_eq!(h.write_sets(nodes), vec![vec![id(3), id(4)]]);
     }
@@ -213,6 +210,6 @@ mod tests {
         h.record_synced(id(3), 3);
         h.record_synced(id(10), 3);
         assert_eq!(h.read_version().unwrap().version, 3);
-        assert_eq!(h.prune(), 2);
+        assert_eq!(h.prune().len(), 2);
     }
 }

@@ -401,6 +401,8 @@ struct State<T: Transport> {
     peer_up_tx: tokio::sync::broadcast::Sender<NodeId>,
     /// Tables whose syncer must run a full scan now (`shoal repair`).
     repair_tx: tokio::sync::broadcast::Sender<String>,
+    /// Layout versions retired: syncers offload what only they gave this node.
+    retired_tx: tokio::sync::broadcast::Sender<Layout>,
     syncer_stats: Mutex<HashMap<String, SyncerStats>>,
     /// When each table's recent partitions completed (last minute), for rates and ETAs.
     completions: Mutex<HashMap<String, std::collections::VecDeque<Instant>>>,
@@ -560,6 +562,7 @@ impl<T: Transport> Node<T> {
                 layout_tx: tokio::sync::watch::channel(layout.clone()).0,
                 peer_up_tx: tokio::sync::broadcast::channel(64).0,
                 repair_tx: tokio::sync::broadcast::channel(64).0,
+                retired_tx: tokio::sync::broadcast::channel(64).0,
                 syncer_stats: Mutex::new(HashMap::new()),
                 completions: Mutex::new(HashMap::new()),
             }
@@ -767,17 +770,21 @@ impl<T: Transport> Node<T> {
             let before = h.synced.get(&node).copied();
             h.record_synced(node, version);
             let retired = h.prune();
-            (retired > 0 || before != h.synced.get(&node).copied()).then(|| (retired, h.clone()))
+            (!retired.is_empty() || before != h.synced.get(&node).copied())
+                .then(|| (retired, h.clone()))
         };
         if let Some((retired, history)) = retired {
-            if retired > 0 {
+            if !retired.is_empty() {
                 info!(
-                    retired,
+                    retired = retired.len(),
                     read_version = history.read_version().map_or(0, |l| l.version),
                     "old layout versions retired"
                 );
             }
             self.persist(HISTORY_KEY, &history).await;
+            for l in retired {
+                let _ = self.state.retired_tx.send(l);
+            }
         }
     }
 
@@ -1608,6 +1615,7 @@ impl<T: Transport> Node<T> {
         let mut layout_rx = self.state.layout_tx.subscribe();
         let mut peers_rx = self.state.peer_up_tx.subscribe();
         let mut repair_rx = self.state.repair_tx.subscribe();
+        let mut retired_rx = self.state.retired_tx.subscribe();
         let name = table.to_string();
         let task = tokio::spawn(async move {
             let replication = node
@@ -1647,6 +1655,11 @@ impl<T: Transport> Node<T> {
                 }
                 while let Ok(peer) = peers_rx.try_recv() {
                     work.peer_up(&prev, me.id(), peer);
+                }
+                while let Ok(old) = retired_rx.try_recv() {
+                    // Partitions only a retired version gave this node are now offloaded.
+                    let t2 = t.clone();
+                    work.layout_changed(&old, &prev, me.id(), |p| t2.has_data(p).unwrap_or(false));
                 }
                 while let Ok(t) = repair_rx.try_recv() {
                     if t == name {
@@ -1695,17 +1708,28 @@ impl<T: Transport> Node<T> {
                 }
                 // Once every node acknowledged the current version, one more pass over every
                 // partition: writes started under older versions have all landed by then.
-                if ack_pass != Some(prev.version) && me.history().all_acked(prev.version) {
+                let history = me.history();
+                if ack_pass != Some(prev.version) && history.all_acked(prev.version) {
                     ack_pass = Some(prev.version);
-                    let (t2, layout, id) = (t.clone(), prev.clone(), me.id());
-                    work = me
-                        .blocking(move || {
-                            work.full_scan(&layout, id, |p| t2.has_data(p).unwrap_or(false));
-                            work
-                        })
-                        .await
-                        .expect("full scan task");
-                    continue;
+                    // Only partitions whose nodes changed since the oldest live version, and
+                    // only during a change: a single live version has no older writes.
+                    if let Some(oldest) = history
+                        .versions
+                        .first()
+                        .filter(|o| o.version < prev.version)
+                    {
+                        let (t2, from, to, id) = (t.clone(), oldest.clone(), prev.clone(), me.id());
+                        work = me
+                            .blocking(move || {
+                                work.layout_changed(&from, &to, id, |p| {
+                                    t2.has_data(p).unwrap_or(false)
+                                });
+                                work
+                            })
+                            .await
+                            .expect("layout pass task");
+                        continue;
+                    }
                 }
                 if work.is_empty() && retry.is_empty() && ack_pass == Some(prev.version) {
                     me.table_done(&name, prev.version).await;
@@ -1725,6 +1749,15 @@ impl<T: Transport> Node<T> {
                 drop(me);
                 tokio::select! {
                     _ = layout_rx.changed() => {}
+                    r = retired_rx.recv() => {
+                        if let Ok(old) = r
+                            && let Some(state) = node.upgrade()
+                        {
+                            let me = Node { state };
+                            let t2 = t.clone();
+                            work.layout_changed(&old, &prev, me.id(), |p| t2.has_data(p).unwrap_or(false));
+                        }
+                    }
                     r = repair_rx.recv() => {
                         if r.is_ok_and(|t| t == name) {
                             next_full = tokio::time::Instant::now();
