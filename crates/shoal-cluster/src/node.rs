@@ -1747,7 +1747,9 @@ impl<T: Transport> Node<T> {
                     next_retry
                 };
                 drop(me);
+                // Biased: branches polled in order, so a simulation replays the same choices.
                 tokio::select! {
+                    biased;
                     _ = layout_rx.changed() => {}
                     r = retired_rx.recv() => {
                         if let Ok(old) = r

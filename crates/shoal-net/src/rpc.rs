@@ -1,6 +1,6 @@
 //! Multiplexed RPC over authenticated connections.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -151,7 +151,7 @@ struct Conn {
     permits: Arc<Semaphore>,
     max_requests: usize,
     tx: mpsc::Sender<Vec<u8>>,
-    pending: Mutex<HashMap<u64, Reply>>,
+    pending: Mutex<BTreeMap<u64, Reply>>,
     next_id: AtomicU64,
     alive: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -187,8 +187,8 @@ impl Conn {
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .map(|(_, r)| r)
+            .split_off(&0)
+            .into_values()
             .collect();
         for r in pending {
             let _ = r.send(Err(RpcError::ConnectionLost(self.peer)));
@@ -202,16 +202,16 @@ struct Inner<T: Transport> {
     transport: T,
     config: NetConfig,
     handler: Arc<dyn Handler>,
-    conns: Mutex<HashMap<NodeId, Arc<Conn>>>,
+    conns: Mutex<BTreeMap<NodeId, Arc<Conn>>>,
     /// Every registered connection, primary or retiring; closed ones are pruned when counted.
     all: Mutex<Vec<Arc<Conn>>>,
     metrics: crate::NetMetrics,
-    addrs: Mutex<HashMap<NodeId, String>>,
+    addrs: Mutex<BTreeMap<NodeId, String>>,
     serial: AtomicU64,
     listeners: Mutex<Vec<JoinHandle<()>>>,
     refused: AtomicU64,
     /// Peers whose last dial failed: when to try again, and the current wait.
-    backoff: Mutex<HashMap<NodeId, (tokio::time::Instant, Duration)>>,
+    backoff: Mutex<BTreeMap<NodeId, (tokio::time::Instant, Duration)>>,
 }
 
 /// A node's endpoint on the cluster network. Cheap to clone.
@@ -243,14 +243,14 @@ impl<T: Transport> Network<T> {
                 transport,
                 config,
                 handler,
-                conns: Mutex::new(HashMap::new()),
+                conns: Mutex::new(BTreeMap::new()),
                 all: Mutex::new(Vec::new()),
                 metrics: crate::NetMetrics::default(),
-                addrs: Mutex::new(HashMap::new()),
+                addrs: Mutex::new(BTreeMap::new()),
                 serial: AtomicU64::new(1),
                 listeners: Mutex::new(Vec::new()),
                 refused: AtomicU64::new(0),
-                backoff: Mutex::new(HashMap::new()),
+                backoff: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -388,8 +388,8 @@ impl<T: Transport> Network<T> {
             .conns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .map(|(_, c)| c)
+            .split_off(&NodeId::default())
+            .into_values()
             .collect();
         for c in conns {
             c.close();
@@ -612,7 +612,7 @@ impl<T: Transport> Network<T> {
             permits: permits.clone(),
             max_requests: i.config.max_concurrent_requests,
             tx,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             alive: AtomicBool::new(true),
             tasks: Mutex::new(Vec::new()),
