@@ -40,6 +40,8 @@ pub trait SyncTable: Send + Sync + 'static {
     fn delete_if_unchanged(&self, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<usize, String>;
     /// Items stored (tombstones included).
     fn item_count(&self) -> Result<u64, String>;
+    /// Up to `limit` tombstones of partition `p`: (engine key, encoded tombstone).
+    fn tombstones(&self, p: u8, limit: usize) -> Result<shoal_storage::Entries, String>;
     /// Up to `limit` (engine key, encoded item) in `range`, descending if `reverse`.
     fn scan_range(
         &self,
@@ -107,6 +109,20 @@ impl<S: shoal_table::Schema> SyncTable
         self.0.len().map_err(|e| e.to_string())
     }
 
+    fn tombstones(&self, p: u8, limit: usize) -> Result<shoal_storage::Entries, String> {
+        use shoal_table::Entry as _;
+        use shoal_table::codec::Versioned as _;
+        let items = self
+            .0
+            .scan_raw(&shoal_sync::index::partition_range(p), usize::MAX)
+            .map_err(|e| e.to_string())?;
+        Ok(items
+            .into_iter()
+            .filter(|(_, v)| S::Entry::decode(v).is_ok_and(|e| e.is_tombstone()))
+            .take(limit)
+            .collect())
+    }
+
     fn scan_range(
         &self,
         range: &shoal_storage::KeyRange,
@@ -122,6 +138,25 @@ impl<S: shoal_table::Schema> SyncTable
             .store()
             .scan(S::TABLE_NAME, range, direction, limit)
             .map_err(|e| e.to_string())
+    }
+}
+
+/// How a table's tombstone collector behaves.
+#[derive(Debug, Clone)]
+pub struct GcConfig {
+    /// Time between passes.
+    pub interval: Duration,
+    /// How long a tombstone must have been seen before it may be collected: writes still in
+    /// flight when it was made have landed by then.
+    pub min_age: Duration,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval: Duration::from_secs(600),
+            min_age: Duration::from_secs(3600),
+        }
     }
 }
 
@@ -174,6 +209,9 @@ pub struct SyncerStats {
     pub bytes_received: u64,
     /// Sync sessions this node started.
     pub sessions: u64,
+    /// Tombstones collected (removed from every replica) by this node.
+    #[serde(default)]
+    pub tombstones_collected: u64,
     /// Partitions completed over the last minute, per second.
     #[serde(default)]
     pub rate_per_sec: f64,
@@ -277,6 +315,8 @@ const BUILT_IN_ENDPOINTS: &[&str] = &[
     "table.write",
     "table.read",
     "table.range",
+    "gc.check",
+    "gc.delete",
 ];
 
 /// Most items one range read returns, whatever the caller asks.
@@ -1376,6 +1416,30 @@ impl<T: Transport> Node<T> {
                     .map_err(|e| e.to_string())??;
                 Ok(encode(&v.map(ByteBuf::from)))
             }
+            "gc.check" => {
+                // Whether this node holds the given tombstone, or nothing, under the key.
+                let (table, key, hash): (String, ByteBuf, ByteBuf) = decode(&body)?;
+                let t = self.table(&table)?;
+                let held = self
+                    .blocking(move || t.get_encoded(&key))
+                    .await
+                    .map_err(|e| e.to_string())??;
+                Ok(encode(&held.is_none_or(|b| {
+                    blake3::hash(&b).as_bytes()[..] == hash[..]
+                })))
+            }
+            "gc.delete" => {
+                // Removes the tombstone if it is still exactly what is stored.
+                let (table, key, bytes): (String, ByteBuf, ByteBuf) = decode(&body)?;
+                let t = self.table(&table)?;
+                let n = self
+                    .blocking(move || {
+                        t.delete_if_unchanged(vec![(key.into_vec(), bytes.into_vec())])
+                    })
+                    .await
+                    .map_err(|e| e.to_string())??;
+                Ok(encode(&n))
+            }
             "table.range" => {
                 let r: TableRange = decode(&body)?;
                 let table = self.table(&r.table)?;
@@ -1411,6 +1475,14 @@ impl<T: Transport> Node<T> {
     }
 
     async fn serve_sync(&self, from: NodeId, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        // A node in no live layout version (removed, and back with data it held then) could
+        // bring deleted values back after their tombstones were collected: refused.
+        {
+            let h = self.state.history.read().unwrap_or_else(|e| e.into_inner());
+            if !h.versions.is_empty() && !h.versions.iter().any(|l| l.roles.contains_key(&from)) {
+                return Err("sync refused: the peer is in no live layout version".into());
+            }
+        }
         let step: SyncStep = decode(&body)?;
         let key = (from, step.session);
         let fill_key = (step.table.clone(), step.partition);
@@ -1810,6 +1882,114 @@ impl<T: Transport> Node<T> {
             let _ = self.state.repair_tx.send(t.clone());
         }
         Ok(tables)
+    }
+
+    /// Starts the tombstone collector of `table`: every `config.interval`, for the partitions
+    /// this node is the first replica of, each tombstone seen for at least `config.min_age` is
+    /// removed from every replica, once every replica of every live layout version holds that
+    /// same tombstone (or nothing) under its key. A replica that is down, or still holds the
+    /// deleted value, keeps the tombstone everywhere until it has caught up.
+    pub fn start_gc(&self, table: &str, config: GcConfig) -> Result<(), String> {
+        let t = self.table(table)?;
+        let node = Arc::downgrade(&self.state);
+        let name = table.to_string();
+        let task = tokio::spawn(async move {
+            let mut first_seen: HashMap<Vec<u8>, Instant> = HashMap::new();
+            loop {
+                tokio::time::sleep(config.interval).await;
+                let Some(state) = node.upgrade() else { return };
+                let me = Node { state };
+                let collected = me.collect_once(&name, &t, &config, &mut first_seen).await;
+                if collected > 0 {
+                    info!(table = %name, collected, "tombstones collected");
+                    me.bump(&name, |s| s.tombstones_collected += collected);
+                }
+            }
+        });
+        self.state
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+        Ok(())
+    }
+
+    /// One collector pass over `table` now, collecting tombstones of any age that every
+    /// replica holds (operators, tests); returns how many were removed.
+    pub async fn collect_now(&self, table: &str) -> Result<u64, String> {
+        let t = self.table(table)?;
+        let config = GcConfig {
+            interval: Duration::ZERO,
+            min_age: Duration::ZERO,
+        };
+        let n = self
+            .collect_once(table, &t, &config, &mut HashMap::new())
+            .await;
+        self.bump(table, |s| s.tombstones_collected += n);
+        Ok(n)
+    }
+
+    /// One pass of the collector; returns the tombstones removed.
+    async fn collect_once(
+        &self,
+        table: &str,
+        t: &Arc<dyn SyncTable>,
+        config: &GcConfig,
+        first_seen: &mut HashMap<Vec<u8>, Instant>,
+    ) -> u64 {
+        let mut collected = 0;
+        let mut seen_now = std::collections::HashSet::new();
+        for p in 0..=255u8 {
+            let replicas = self.sync_nodes(table, p);
+            // One collector per partition: its first replica in the current layout.
+            if self.nodes_for(table, p).first() != Some(&self.id()) {
+                continue;
+            }
+            let t2 = t.clone();
+            let Ok(Ok(tombstones)) = self.blocking(move || t2.tombstones(p, 1000)).await else {
+                continue;
+            };
+            for (key, bytes) in tombstones {
+                seen_now.insert(key.clone());
+                let since = *first_seen.entry(key.clone()).or_insert_with(Instant::now);
+                if since.elapsed() < config.min_age {
+                    continue;
+                }
+                let hash = ByteBuf::from(blake3::hash(&bytes).as_bytes().to_vec());
+                let check = encode(&(table, ByteBuf::from(key.clone()), hash));
+                let mut everywhere = true;
+                for r in &replicas {
+                    let held = self
+                        .call_endpoint(*r, "gc.check", check.clone())
+                        .await
+                        .and_then(|b| decode::<bool>(&b));
+                    if held != Ok(true) {
+                        everywhere = false;
+                        break;
+                    }
+                }
+                if !everywhere {
+                    continue;
+                }
+                let delete = encode(&(table, ByteBuf::from(key.clone()), ByteBuf::from(bytes)));
+                let mut all_done = true;
+                for r in &replicas {
+                    if self
+                        .call_endpoint(*r, "gc.delete", delete.clone())
+                        .await
+                        .is_err()
+                    {
+                        all_done = false;
+                    }
+                }
+                if all_done {
+                    collected += 1;
+                    first_seen.remove(&key);
+                }
+            }
+        }
+        first_seen.retain(|k, _| seen_now.contains(k));
+        collected
     }
 
     /// Counters of every table's syncer, with the recent rate and the time left.

@@ -13,7 +13,9 @@ use rand::{Rng, SeedableRng};
 use serde_bytes::ByteBuf;
 use shoal_cluster::kv::{KvItem, KvTable};
 use shoal_cluster::layout::{Layout, NodeRole};
-use shoal_cluster::node::{ClusterStatus, LayoutReport, Node, NodeConfig, SyncerConfig, WallClock};
+use shoal_cluster::node::{
+    ClusterStatus, GcConfig, LayoutReport, Node, NodeConfig, SyncerConfig, WallClock,
+};
 use shoal_net::{ClusterSecret, Handler, NetConfig, Network, NodeId, NodeKey};
 use shoal_storage::Store;
 use shoal_sync::ids::IdKey;
@@ -36,16 +38,19 @@ pub enum Scenario {
     LayoutChange,
     /// All of the above.
     Mixed,
+    /// Repeated layout changes (capacities going up and down), crashes among them.
+    LayoutChurn,
 }
 
 impl Scenario {
     /// Every scenario, for campaigns.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Partitions,
         Scenario::Crashes,
         Scenario::ClockSkew,
         Scenario::LayoutChange,
         Scenario::Mixed,
+        Scenario::LayoutChurn,
     ];
 
     /// The scenario's name on the command line.
@@ -56,6 +61,7 @@ impl Scenario {
             Scenario::ClockSkew => "clock-skew",
             Scenario::LayoutChange => "layout-change",
             Scenario::Mixed => "mixed",
+            Scenario::LayoutChurn => "layout-churn",
         }
     }
 
@@ -74,7 +80,7 @@ impl Scenario {
     fn crashes(self) -> bool {
         matches!(
             self,
-            Scenario::Crashes | Scenario::LayoutChange | Scenario::Mixed
+            Scenario::Crashes | Scenario::LayoutChange | Scenario::Mixed | Scenario::LayoutChurn
         )
     }
 
@@ -83,7 +89,19 @@ impl Scenario {
     }
 
     fn layout_change(self) -> bool {
-        matches!(self, Scenario::LayoutChange | Scenario::Mixed)
+        matches!(
+            self,
+            Scenario::LayoutChange | Scenario::Mixed | Scenario::LayoutChurn
+        )
+    }
+
+    /// How many layout changes a run may make.
+    fn layout_changes(self) -> usize {
+        match self {
+            Scenario::LayoutChurn => 4,
+            s if s.layout_change() => 1,
+            _ => 0,
+        }
     }
 }
 
@@ -313,6 +331,14 @@ pub fn run(config: &RunConfig) -> Outcome {
                         seed: seed ^ i as u64,
                     },
                 )?;
+                // Tombstones collected during the run, so resurrection would show.
+                node.start_gc(
+                    "kv",
+                    GcConfig {
+                        interval: Duration::from_secs(3),
+                        min_age: Duration::from_secs(5),
+                    },
+                )?;
                 std::future::pending::<()>().await;
                 Ok(())
             }
@@ -446,7 +472,8 @@ pub fn run(config: &RunConfig) -> Outcome {
     let mut down: BTreeSet<usize> = BTreeSet::new();
     let mut cut: Vec<(usize, usize)> = Vec::new();
     let mut next_fault = load_start + Duration::from_millis(rng.random_range(1000..3000));
-    let mut layout_changed = false;
+    let mut layout_changes = 0;
+    let mut capacities = vec![1u64; n];
     while sim.elapsed() < load_until {
         if let Err(e) = sim.step() {
             return failed(config, format!("during the load: {e}"));
@@ -484,11 +511,14 @@ pub fn run(config: &RunConfig) -> Outcome {
             sim.crash(host(victim));
             down.insert(victim);
             faults += 1;
-        } else if choice == 2 && config.scenario.layout_change() && !layout_changed {
-            layout_changed = true;
+        } else if choice == 2 && layout_changes < config.scenario.layout_changes() {
+            layout_changes += 1;
             let (secret, ids) = (secret.clone(), ids.clone());
             let grow = rng.random_range(0..n);
-            sim.client("layout-change", async move {
+            // Capacities go 1 → 2 → 1: every change moves partitions.
+            capacities[grow] = 3 - capacities[grow];
+            let capacity = capacities[grow];
+            sim.client(format!("layout-change-{layout_changes}"), async move {
                 let net = Network::new(
                     NodeKey::from_secret_bytes([0xae; 32]),
                     secret,
@@ -501,7 +531,7 @@ pub fn run(config: &RunConfig) -> Outcome {
                     let addr = format!("{}:{PORT}", host(i));
                     let role = NodeRole {
                         zone: format!("z{}", grow + 1),
-                        capacity: Some(2),
+                        capacity: Some(capacity),
                     };
                     if call::<LayoutReport>(
                         &net,
@@ -682,6 +712,8 @@ fn disagreement(stores: &[Store], ids: &[NodeId], secret: &ClusterSecret) -> Opt
     None
 }
 
+type Stamp = (u64, NodeId);
+
 /// The invariants over the clients' history and the final stores.
 fn check(history: &[(usize, Op)], stores: &[Store], ids: &[NodeId], violations: &mut Vec<String>) {
     let written: BTreeSet<String> = history
@@ -692,7 +724,6 @@ fn check(history: &[(usize, Op)], stores: &[Store], ids: &[NodeId], violations: 
         })
         .collect();
     // Per key, acknowledged writes: (end time, stamp).
-    type Stamp = (u64, NodeId);
     let mut acked: BTreeMap<usize, Vec<(u128, Stamp, Option<String>)>> = BTreeMap::new();
     for (_, o) in history {
         if let Op::Write {
@@ -709,14 +740,37 @@ fn check(history: &[(usize, Op)], stores: &[Store], ids: &[NodeId], violations: 
                 .push((*end, *s, value.clone()));
         }
     }
+    // Deletes that failed (no quorum) may still have landed, with a stamp from their node's
+    // clock: up to the clock skew (1 s) either side of their start.
+    let mut failed_deletes: BTreeMap<usize, Vec<u128>> = BTreeMap::new();
+    for (_, o) in history {
+        if let Op::Write {
+            key,
+            start,
+            value: None,
+            stamp: None,
+            ..
+        } = o
+        {
+            failed_deletes.entry(*key).or_default().push(*start);
+        }
+    }
+    let may_be_deleted_after = |key: usize, stamp_ms: u64, before: u128| {
+        let stamp_rel = u128::from(stamp_ms.saturating_sub(EPOCH_MS));
+        failed_deletes
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .any(|s| *s < before && *s + 2000 >= stamp_rel)
+    };
     // Reads: nothing never written; nothing older than a write acknowledged before they began.
     for (c, o) in history {
         let Op::Read {
             key,
             start,
+            end,
             value: Some(value),
             stamp,
-            ..
         } = o
         else {
             continue;
@@ -733,11 +787,15 @@ fn check(history: &[(usize, Op)], stores: &[Store], ids: &[NodeId], violations: 
             .into_iter()
             .flatten()
             .filter(|(end, _, _)| end < start)
-            .map(|(_, s, _)| *s)
-            .max();
-        if let Some(needed) = must_see
-            && stamp.is_none_or(|s| s < needed)
+            .max_by_key(|(_, s, _)| *s);
+        // A collected tombstone reads as nothing: fine when the write to see was a delete.
+        let collected_delete = |w: &(u128, Stamp, Option<String>)| w.2.is_none() && stamp.is_none();
+        if let Some(w) = must_see
+            && !collected_delete(w)
+            && !(stamp.is_none() && may_be_deleted_after(*key, w.1.0, *end))
+            && stamp.is_none_or(|s| s < w.1)
         {
+            let needed = w.1;
             violations.push(format!(
                 "client {c} read key {key} at {start} ms and missed a write acknowledged before (stamp {} ms)",
                 needed.0
@@ -752,7 +810,11 @@ fn check(history: &[(usize, Op)], stores: &[Store], ids: &[NodeId], violations: 
     for (key, writes) in &acked {
         let (pk, sk) = kv_key(*key);
         let ek = engine_key(&pk, &sk);
-        let newest = writes.iter().map(|(_, s, _)| *s).max().expect("non-empty");
+        let (_, newest, newest_value) = writes
+            .iter()
+            .max_by_key(|(_, s, _)| *s)
+            .cloned()
+            .expect("non-empty");
         for owner in layout.nodes_of(ek[0]) {
             let Some(i) = ids.iter().position(|id| id == owner) else {
                 continue;
@@ -766,11 +828,21 @@ fn check(history: &[(usize, Op)], stores: &[Store], ids: &[NodeId], violations: 
                 let s = it.value.stamp();
                 (s.time, s.node)
             });
-            if held.is_none_or(|h| h < newest) {
+            // Absent is right for a delete whose tombstone was collected.
+            let collected = held.is_none()
+                && (newest_value.is_none() || may_be_deleted_after(*key, newest.0, u128::MAX));
+            if !collected && held.is_none_or(|h| h < newest) {
+                let last: Vec<String> = writes
+                    .iter()
+                    .rev()
+                    .take(3)
+                    .map(|(end, s, v)| format!("{v:?}@{}(acked at {end})", s.0))
+                    .collect();
                 violations.push(format!(
-                    "key {key}: replica {} lacks the acknowledged write stamped {} ms",
+                    "key {key}: replica {} holds {held:?}, lacks the acknowledged write stamped {} ms (last acked: {})",
                     host(i),
-                    newest.0
+                    newest.0,
+                    last.join(", ")
                 ));
             }
         }

@@ -1,4 +1,4 @@
-//! `cargo test` runs 200 seeds of the cluster simulation (40 per scenario), and checks that a
+//! `cargo test` runs 204 seeds of the cluster simulation (34 per scenario), and checks that a
 //! seed replays to the same trace.
 
 use shoal_sim::cluster::{RunConfig, Scenario, run};
@@ -27,27 +27,32 @@ fn campaign(scenario: Scenario, seeds: u64) {
 
 #[test]
 fn partitions() {
-    campaign(Scenario::Partitions, 40);
+    campaign(Scenario::Partitions, 34);
 }
 
 #[test]
 fn crashes() {
-    campaign(Scenario::Crashes, 40);
+    campaign(Scenario::Crashes, 34);
 }
 
 #[test]
 fn clock_skew() {
-    campaign(Scenario::ClockSkew, 40);
+    campaign(Scenario::ClockSkew, 34);
 }
 
 #[test]
 fn layout_change() {
-    campaign(Scenario::LayoutChange, 40);
+    campaign(Scenario::LayoutChange, 34);
 }
 
 #[test]
 fn mixed() {
-    campaign(Scenario::Mixed, 40);
+    campaign(Scenario::Mixed, 34);
+}
+
+#[test]
+fn layout_churn() {
+    campaign(Scenario::LayoutChurn, 34);
 }
 
 /// The replay child: runs one seed and prints its trace (inert unless `SHOAL_SIM_REPLAY`).

@@ -69,6 +69,11 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
         )
         .map_err(anyhow::Error::msg)?;
     }
+    // Tombstones of the K2V and kv tables are collected once every replica holds them.
+    for table in ["kv", "k2v"] {
+        node.start_gc(table, shoal_cluster::node::GcConfig::default())
+            .map_err(anyhow::Error::msg)?;
+    }
     let _admin_server = match &config.admin_bind_addr {
         Some(bind) => {
             let registry = shoal_api::metrics::registry(&node, &store, api.metrics());

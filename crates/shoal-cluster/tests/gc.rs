@@ -1,0 +1,302 @@
+//! Tombstone collection: a tombstone is removed only once every replica holds it, so
+//! anti-entropy never brings a deleted value back: not after a replica missed the delete, nor
+//! when a node was down for the whole delete-and-collect cycle.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_cluster::kv::{KvItem, KvTable};
+use shoal_cluster::layout::{Layout, NodeRole};
+use shoal_cluster::node::{Node, NodeConfig};
+use shoal_cluster::replication::Replicated;
+use shoal_net::{ClusterSecret, NetConfig, NodeKey, TcpTransport};
+use shoal_storage::Store;
+use shoal_sync::ids::IdKey;
+use shoal_sync::index::PartitionIndex;
+use shoal_table::{Table, engine_key};
+
+struct TestNode {
+    node: Node<TcpTransport>,
+    table: Table<KvTable>,
+    store: Store,
+    dir: tempfile::TempDir,
+}
+
+async fn start_in(
+    dir: tempfile::TempDir,
+    store: Option<Store>,
+    secret: &ClusterSecret,
+    bootstrap: Vec<String>,
+    bind: &str,
+) -> TestNode {
+    let key = NodeKey::load_or_create(dir.path()).unwrap();
+    let store = store.unwrap_or_else(|| Store::open(dir.path().join("db.redb")).unwrap());
+    let index = PartitionIndex::open_async(&store, "kv", IdKey::derive(secret.as_bytes()))
+        .await
+        .unwrap();
+    let table = Table::<KvTable>::new(store.clone()).with_hook(index.clone());
+    let node = Node::start(
+        key,
+        secret.clone(),
+        TcpTransport,
+        bind,
+        NodeConfig {
+            bootstrap,
+            heartbeat: Duration::from_millis(100),
+            down_after: 3,
+            net: NetConfig {
+                handshake_timeout: Duration::from_millis(500),
+                call_timeout: Duration::from_secs(2),
+                ..NetConfig::default()
+            },
+            system_store: Some(store.clone()),
+            ..NodeConfig::default()
+        },
+        Layout::empty(3),
+    )
+    .await
+    .unwrap();
+    node.add_table(Arc::new((table.clone(), index)));
+    TestNode {
+        node,
+        table,
+        store,
+        dir,
+    }
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+async fn cluster(secret: &ClusterSecret, rf: usize) -> Vec<TestNode> {
+    let a = start_in(
+        tempfile::tempdir().unwrap(),
+        None,
+        secret,
+        vec![],
+        "127.0.0.1:0",
+    )
+    .await;
+    let seed = vec![a.node.public_addr()];
+    let b = start_in(
+        tempfile::tempdir().unwrap(),
+        None,
+        secret,
+        seed.clone(),
+        "127.0.0.1:0",
+    )
+    .await;
+    let c = start_in(
+        tempfile::tempdir().unwrap(),
+        None,
+        secret,
+        seed,
+        "127.0.0.1:0",
+    )
+    .await;
+    let nodes = vec![a, b, c];
+    for n in &nodes {
+        wait_until("peers up", || {
+            n.node.peers().iter().filter(|p| p.up).count() == 2
+        })
+        .await;
+    }
+    let roles = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                n.node.id(),
+                NodeRole {
+                    zone: format!("z{i}"),
+                    capacity: Some(1),
+                },
+            )
+        })
+        .collect();
+    let (layout, _) = Layout::empty(rf).apply(roles).unwrap();
+    nodes[0].node.set_layout(layout).await;
+    for n in &nodes {
+        wait_until("layout everywhere", || n.node.layout().version == 1).await;
+    }
+    nodes
+}
+
+/// Every node syncs every partition with every other node it shares it with.
+async fn anti_entropy(nodes: &[&TestNode]) {
+    for n in nodes {
+        for p in 0..=255u8 {
+            for peer in n.node.sync_nodes("kv", p) {
+                if peer != n.node.id() {
+                    let _ = n.node.sync_with(peer, "kv", p).await;
+                }
+            }
+        }
+    }
+}
+
+async fn collect(nodes: &[&TestNode]) -> u64 {
+    let mut n = 0;
+    for node in nodes {
+        n += node.node.collect_now("kv").await.unwrap();
+    }
+    n
+}
+
+fn stored_bytes(t: &Table<KvTable>) -> u64 {
+    t.scan_raw(&shoal_storage::KeyRange::all(), usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.len() + v.len()) as u64)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_missed_the_delete_holds_collection_back_and_nothing_comes_back() {
+    let secret = ClusterSecret::from_bytes([5; 32]);
+    let mut nodes = cluster(&secret, 3).await;
+    let rep = Replicated::<KvTable, TcpTransport>::new(nodes[0].node.clone(), 2, 2);
+    let me = nodes[0].node.id();
+    for i in 0..200 {
+        let item = KvItem::new("gc", &format!("k{i:03}"), Some(vec![7; 100]), 10, me);
+        rep.insert(&item).await.unwrap();
+    }
+    anti_entropy(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    let before: Vec<(u64, u64)> = nodes
+        .iter()
+        .map(|n| (n.table.len().unwrap(), stored_bytes(&n.table)))
+        .collect();
+
+    // Node C goes away; the 200 items are deleted at quorum without it.
+    let c = nodes.pop().unwrap();
+    let c_addr = c.node.public_addr();
+    c.node.shutdown();
+    for i in 0..200 {
+        let tomb = KvItem::new("gc", &format!("k{i:03}"), None, 20, me);
+        rep.insert(&tomb).await.unwrap();
+    }
+    assert_eq!(
+        collect(&[&nodes[0], &nodes[1]]).await,
+        0,
+        "C is a replica and unreachable: nothing may be collected"
+    );
+
+    // C comes back (same key, same store) still holding the deleted values.
+    let c = start_in(
+        c.dir,
+        Some(c.store),
+        &secret,
+        vec![nodes[0].node.public_addr()],
+        &c_addr,
+    )
+    .await;
+    nodes.push(c);
+    for n in &nodes {
+        wait_until("peers up again", || {
+            n.node.peers().iter().filter(|p| p.up).count() == 2
+        })
+        .await;
+    }
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    assert_eq!(
+        collect(&all).await,
+        0,
+        "C still holds the values: nothing collected"
+    );
+    anti_entropy(&all).await;
+    let collected = collect(&all).await;
+    assert_eq!(collected, 200);
+    let after: Vec<(u64, u64)> = nodes
+        .iter()
+        .map(|n| (n.table.len().unwrap(), stored_bytes(&n.table)))
+        .collect();
+    eprintln!(
+        "items and bytes per node before the delete: {before:?}; after collection: {after:?}"
+    );
+    for (n, (items, bytes)) in after.iter().enumerate() {
+        assert_eq!(*items, 0, "node {n} still holds items");
+        assert_eq!(*bytes, 0);
+    }
+    // Anti-entropy again: nothing comes back anywhere.
+    anti_entropy(&all).await;
+    for n in &nodes {
+        assert_eq!(n.table.len().unwrap(), 0);
+        let got = Replicated::<KvTable, TcpTransport>::new(n.node.clone(), 2, 2)
+            .get(&"gc".to_string(), &"k007".to_string())
+            .await
+            .unwrap();
+        assert!(got.is_none(), "a deleted value came back: {got:?}");
+    }
+    for n in &nodes {
+        n.node.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_for_the_whole_cycle_rejoins_without_resurrecting() {
+    let secret = ClusterSecret::from_bytes([6; 32]);
+    // Two replicas per partition over three nodes: C is not a replica of every partition.
+    let mut nodes = cluster(&secret, 2).await;
+    let c_id = nodes[2].node.id();
+    let layout = nodes[0].node.layout();
+    let keys: Vec<String> = (0..400)
+        .map(|i| format!("k{i:03}"))
+        .filter(|sk| {
+            !layout
+                .nodes_of(engine_key(&"gc".to_string(), sk)[0])
+                .contains(&c_id)
+        })
+        .take(50)
+        .collect();
+    assert_eq!(keys.len(), 50);
+    let rep = Replicated::<KvTable, TcpTransport>::new(nodes[0].node.clone(), 2, 2);
+    let me = nodes[0].node.id();
+    for sk in &keys {
+        rep.insert(&KvItem::new("gc", sk, Some(vec![1; 50]), 10, me))
+            .await
+            .unwrap();
+    }
+    // C goes down before the delete and stays down until after the collection.
+    let c = nodes.pop().unwrap();
+    let c_addr = c.node.public_addr();
+    c.node.shutdown();
+    for sk in &keys {
+        rep.insert(&KvItem::new("gc", sk, None, 20, me))
+            .await
+            .unwrap();
+    }
+    assert_eq!(collect(&[&nodes[0], &nodes[1]]).await, 50);
+    let c = start_in(
+        c.dir,
+        Some(c.store),
+        &secret,
+        vec![nodes[0].node.public_addr()],
+        &c_addr,
+    )
+    .await;
+    nodes.push(c);
+    for n in &nodes {
+        wait_until("peers up again", || {
+            n.node.peers().iter().filter(|p| p.up).count() == 2
+        })
+        .await;
+    }
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    anti_entropy(&all).await;
+    for n in &nodes {
+        for sk in &keys {
+            let k = engine_key(&"gc".to_string(), sk);
+            assert_eq!(n.table.get_raw(&k).unwrap(), None, "{sk} came back");
+        }
+    }
+    for n in &nodes {
+        n.node.shutdown();
+    }
+}
