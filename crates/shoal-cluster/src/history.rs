@@ -26,6 +26,11 @@ pub struct LayoutHistory {
     /// every node acknowledged it, so no write lands on old replicas behind a finished sync.
     #[serde(default)]
     pub acked: BTreeMap<NodeId, u64>,
+    /// Node → the highest version for which it holds nothing outside what it stores in that
+    /// version (everything else offloaded). A tombstone may be collected without asking a node
+    /// that is not its replica only if that node has offloaded up to the current version.
+    #[serde(default)]
+    pub offloaded: BTreeMap<NodeId, u64>,
 }
 
 impl LayoutHistory {
@@ -53,6 +58,12 @@ impl LayoutHistory {
     /// Records that `node` has synced everything up to `version` (never goes back).
     pub fn record_synced(&mut self, node: NodeId, version: u64) {
         let v = self.synced.entry(node).or_default();
+        *v = (*v).max(version);
+    }
+
+    /// Records that `node` has offloaded up to `version` (never goes back).
+    pub fn record_offloaded(&mut self, node: NodeId, version: u64) {
+        let v = self.offloaded.entry(node).or_default();
         *v = (*v).max(version);
     }
 

@@ -399,6 +399,9 @@ struct PingReply {
     /// The highest layout version the answering node acknowledged (see `LayoutHistory`).
     #[serde(default)]
     acked: u64,
+    /// The highest layout version up to which the answering node has offloaded.
+    #[serde(default)]
+    offloaded: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -424,6 +427,8 @@ struct State<T: Transport> {
     history: RwLock<crate::history::LayoutHistory>,
     /// Per table with a syncer: the newest layout version whose sync work it has finished.
     table_synced: Mutex<HashMap<String, u64>>,
+    /// Per table with a syncer: the newest layout version up to which it has offloaded.
+    table_offloaded: Mutex<HashMap<String, u64>>,
     /// Writes this node coordinates, by the layout version current when they started.
     inflight: Arc<Mutex<BTreeMap<u64, usize>>>,
     peers: Mutex<BTreeMap<NodeId, PeerStatus>>,
@@ -589,6 +594,7 @@ impl<T: Transport> Node<T> {
                 layout: RwLock::new(layout.clone()),
                 history: RwLock::new(history),
                 table_synced: Mutex::new(HashMap::new()),
+                table_offloaded: Mutex::new(HashMap::new()),
                 inflight: Arc::new(Mutex::new(BTreeMap::new())),
                 peers: Mutex::new(BTreeMap::new()),
                 tables: RwLock::new(HashMap::new()),
@@ -799,6 +805,37 @@ impl<T: Transport> Node<T> {
         }
     }
 
+    /// The highest layout version up to which this node holds nothing it does not store in
+    /// that version (every table's syncer).
+    pub fn offloaded_version(&self) -> u64 {
+        let current = self.layout().version;
+        let v = self
+            .state
+            .table_offloaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(current);
+        self.state
+            .history
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .record_offloaded(self.id(), v);
+        v
+    }
+
+    fn table_offloaded(&self, table: &str, version: u64) {
+        let mut t = self
+            .state
+            .table_offloaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let v = t.entry(table.to_string()).or_default();
+        *v = (*v).max(version);
+    }
+
     /// Records a node's sync progress; retires versions no longer needed.
     async fn note_synced(&self, node: NodeId, version: u64) {
         let retired = {
@@ -810,6 +847,10 @@ impl<T: Transport> Node<T> {
             let before = h.synced.get(&node).copied();
             h.record_synced(node, version);
             let retired = h.prune();
+            // Syncers hear of the retirement before anyone can see the shorter history idle.
+            for l in &retired {
+                let _ = self.state.retired_tx.send(l.clone());
+            }
             (!retired.is_empty() || before != h.synced.get(&node).copied())
                 .then(|| (retired, h.clone()))
         };
@@ -822,9 +863,6 @@ impl<T: Transport> Node<T> {
                 );
             }
             self.persist(HISTORY_KEY, &history).await;
-            for l in retired {
-                let _ = self.state.retired_tx.send(l);
-            }
         }
     }
 
@@ -1188,6 +1226,11 @@ impl<T: Transport> Node<T> {
                         .write()
                         .unwrap_or_else(|e| e.into_inner())
                         .record_acked(p.id, reply.acked);
+                    self.state
+                        .history
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .record_offloaded(p.id, reply.offloaded);
                     for (id, addr) in reply.peers {
                         if id != self.id() {
                             self.learn(id, addr);
@@ -1277,6 +1320,7 @@ impl<T: Transport> Node<T> {
                     peers,
                     synced: self.synced_version(),
                     acked: self.acked_version(),
+                    offloaded: self.offloaded_version(),
                 }))
             }
             "layout.get" => Ok(encode(&self.layout())),
@@ -1417,16 +1461,19 @@ impl<T: Transport> Node<T> {
                 Ok(encode(&v.map(ByteBuf::from)))
             }
             "gc.check" => {
-                // Whether this node holds the given tombstone, or nothing, under the key.
-                let (table, key, hash): (String, ByteBuf, ByteBuf) = decode(&body)?;
+                // Whether this node holds the given tombstone, or nothing, under the key, and
+                // applies the collector's layout version with no change in progress (a node
+                // that knows a newer layout may be pulling old copies the collector cannot see).
+                let (table, key, hash, version): (String, ByteBuf, ByteBuf, u64) = decode(&body)?;
+                let settled = self.layout().version == version && !self.history().in_transition();
                 let t = self.table(&table)?;
                 let held = self
                     .blocking(move || t.get_encoded(&key))
                     .await
                     .map_err(|e| e.to_string())??;
-                Ok(encode(&held.is_none_or(|b| {
-                    blake3::hash(&b).as_bytes()[..] == hash[..]
-                })))
+                Ok(encode(
+                    &(settled && held.is_none_or(|b| blake3::hash(&b).as_bytes()[..] == hash[..])),
+                ))
             }
             "gc.delete" => {
                 // Removes the tombstone if it is still exactly what is stored.
@@ -1676,9 +1723,15 @@ impl<T: Transport> Node<T> {
     /// their owners and deleted here if unchanged.
     pub fn start_syncer(&self, table: &str, config: SyncerConfig) -> Result<(), String> {
         let t = self.table(table)?;
-        // Until its first pass, the table has synced nothing of the layout it starts with.
+        // Until its first pass, the table has synced and offloaded nothing.
         self.state
             .table_synced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(table.to_string())
+            .or_insert(0);
+        self.state
+            .table_offloaded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(table.to_string())
@@ -1805,6 +1858,11 @@ impl<T: Transport> Node<T> {
                 }
                 if work.is_empty() && retry.is_empty() && ack_pass == Some(prev.version) {
                     me.table_done(&name, prev.version).await;
+                    // With a single live version and every retirement handled, this node holds
+                    // nothing outside its partitions of that version.
+                    if retired_rx.is_empty() && !me.history().in_transition() {
+                        me.table_offloaded(&name, prev.version);
+                    }
                 }
                 let next_retry = retry
                     .values()
@@ -1939,6 +1997,11 @@ impl<T: Transport> Node<T> {
     ) -> u64 {
         let mut collected = 0;
         let mut seen_now = std::collections::HashSet::new();
+        let history = self.history();
+        let current = self.layout();
+        if history.in_transition() {
+            return 0;
+        }
         for p in 0..=255u8 {
             let replicas = self.sync_nodes(table, p);
             // One collector per partition: its first replica in the current layout.
@@ -1956,14 +2019,29 @@ impl<T: Transport> Node<T> {
                     continue;
                 }
                 let hash = ByteBuf::from(blake3::hash(&bytes).as_bytes().to_vec());
-                let check = encode(&(table, ByteBuf::from(key.clone()), hash));
+                let check = encode(&(table, ByteBuf::from(key.clone()), hash, current.version));
+                // Every node of the layout, not only the replicas: one that is not a replica
+                // could hold an old copy it has not handed off, or know a newer layout. A node
+                // that does not answer holds the collection back if it is a replica, or if it
+                // has not reported offloading everything outside its partitions.
                 let mut everywhere = true;
-                for r in &replicas {
+                for n in current.roles.keys() {
                     let held = self
-                        .call_endpoint(*r, "gc.check", check.clone())
+                        .call_endpoint(*n, "gc.check", check.clone())
                         .await
                         .and_then(|b| decode::<bool>(&b));
-                    if held != Ok(true) {
+                    let ok = match held {
+                        Ok(ok) => ok,
+                        Err(_) => {
+                            !replicas.contains(n)
+                                && history
+                                    .offloaded
+                                    .get(n)
+                                    .is_some_and(|v| *v >= current.version)
+                        }
+                    };
+                    if !ok {
+                        debug!(table, partition = p, node = ?n, "tombstone not collectable yet");
                         everywhere = false;
                         break;
                     }
