@@ -31,6 +31,10 @@ pub struct LayoutHistory {
     /// that is not its replica only if that node has offloaded up to the current version.
     #[serde(default)]
     pub offloaded: BTreeMap<NodeId, u64>,
+    /// Nodes that left the layout → the version without them, until they report having
+    /// offloaded up to it: until then they may still hold copies nobody else checks.
+    #[serde(default)]
+    pub departed: BTreeMap<NodeId, u64>,
 }
 
 impl LayoutHistory {
@@ -45,6 +49,16 @@ impl LayoutHistory {
             .is_some_and(|l| l.version >= layout.version)
         {
             return false;
+        }
+        if let Some(last) = self.versions.last() {
+            for n in last.roles.keys() {
+                if !layout.roles.contains_key(n) {
+                    self.departed.insert(*n, layout.version);
+                }
+            }
+        }
+        for n in layout.roles.keys() {
+            self.departed.remove(n);
         }
         self.versions.push(layout.clone());
         true
@@ -65,6 +79,10 @@ impl LayoutHistory {
     pub fn record_offloaded(&mut self, node: NodeId, version: u64) {
         let v = self.offloaded.entry(node).or_default();
         *v = (*v).max(version);
+        let done = *v;
+        if self.departed.get(&node).is_some_and(|d| done >= *d) {
+            self.departed.remove(&node);
+        }
     }
 
     /// Records that `node` acknowledged `version` (never goes back).
@@ -209,6 +227,26 @@ mod tests {
         assert_eq!(h.prune().len(), 1);
         assert!(!h.in_transition());
         assert_eq!(h.write_sets(nodes), vec![vec![id(3), id(4)]]);
+    }
+
+    #[test]
+    fn a_node_that_left_stays_departed_until_it_has_offloaded() {
+        let mut h = LayoutHistory::default();
+        h.push(&layout(1, &[1, 2, 3]));
+        h.push(&layout(2, &[1, 2]));
+        assert_eq!(h.departed.get(&id(3)), Some(&2));
+        h.record_offloaded(id(3), 1);
+        assert!(
+            h.departed.contains_key(&id(3)),
+            "offloaded only up to version 1"
+        );
+        h.record_offloaded(id(3), 2);
+        assert!(h.departed.is_empty());
+        // Coming back into the layout also ends it.
+        h.push(&layout(3, &[1, 2]));
+        h.push(&layout(4, &[1]));
+        h.push(&layout(5, &[1, 2]));
+        assert!(h.departed.is_empty());
     }
 
     #[test]

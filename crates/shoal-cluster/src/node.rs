@@ -272,6 +272,9 @@ pub struct LayoutReport {
     /// The layout applying the staged changes would give, and how many replicas it moves; or
     /// why it cannot be applied.
     pub preview: Result<(Layout, usize), String>,
+    /// Live versions and every node's progress through them.
+    #[serde(default)]
+    pub history: crate::history::LayoutHistory,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -1151,6 +1154,7 @@ impl<T: Transport> Node<T> {
             current,
             staged: staged.into_iter().collect(),
             preview,
+            history: self.history(),
         }
     }
 
@@ -1522,14 +1526,6 @@ impl<T: Transport> Node<T> {
     }
 
     async fn serve_sync(&self, from: NodeId, body: Vec<u8>) -> Result<Vec<u8>, String> {
-        // A node in no live layout version (removed, and back with data it held then) could
-        // bring deleted values back after their tombstones were collected: refused.
-        {
-            let h = self.state.history.read().unwrap_or_else(|e| e.into_inner());
-            if !h.versions.is_empty() && !h.versions.iter().any(|l| l.roles.contains_key(&from)) {
-                return Err("sync refused: the peer is in no live layout version".into());
-            }
-        }
         let step: SyncStep = decode(&body)?;
         let key = (from, step.session);
         let fill_key = (step.table.clone(), step.partition);
@@ -1999,7 +1995,9 @@ impl<T: Transport> Node<T> {
         let mut seen_now = std::collections::HashSet::new();
         let history = self.history();
         let current = self.layout();
-        if history.in_transition() {
+        // During a change, or while a node that left the layout may still hold copies it has
+        // not handed off, nothing is collected.
+        if history.in_transition() || !history.departed.is_empty() {
             return 0;
         }
         for p in 0..=255u8 {

@@ -68,6 +68,12 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("layout version {}", v.layout_version);
+    if let Ok(r) = client
+        .call::<LayoutReport>("admin.layout", Vec::new())
+        .await
+    {
+        print_history(&r.history);
+    }
     if !s.tables.is_empty() {
         let tables: Vec<String> = s.tables.iter().map(|(t, n)| format!("{t} {n}")).collect();
         println!("items on this node: {}", tables.join(", "));
@@ -109,11 +115,45 @@ async fn resolve(client: &AdminClient, prefix: &str) -> anyhow::Result<NodeId> {
     }
 }
 
+/// The live layout versions and each node's progress through them.
+fn print_history(h: &shoal_cluster::history::LayoutHistory) {
+    let versions: Vec<String> = h.versions.iter().map(|l| l.version.to_string()).collect();
+    println!(
+        "live layout versions: {} (reads use version {}){}",
+        versions.join(", "),
+        h.read_version().map_or(0, |l| l.version),
+        if h.in_transition() {
+            " — change in progress"
+        } else {
+            ""
+        }
+    );
+    let nodes: std::collections::BTreeSet<_> = h
+        .synced
+        .keys()
+        .chain(h.acked.keys())
+        .chain(h.offloaded.keys())
+        .collect();
+    for n in nodes {
+        let get = |m: &std::collections::BTreeMap<NodeId, u64>| {
+            m.get(n).map_or("-".to_string(), |v| v.to_string())
+        };
+        println!(
+            "  {}  acknowledged {:>3}  synced {:>3}  offloaded {:>3}",
+            &n.to_string()[..16],
+            get(&h.acked),
+            get(&h.synced),
+            get(&h.offloaded)
+        );
+    }
+}
+
 fn print_report(r: &LayoutReport) {
     println!(
         "applied layout: version {}, replication factor {}",
         r.current.version, r.current.replication_factor
     );
+    print_history(&r.history);
     for (id, role) in &r.current.roles {
         println!(
             "  {}  zone {:<10} {}  {} partitions",
@@ -160,6 +200,10 @@ struct LayoutView {
     staged: usize,
     /// Replicas the staged change would move, if it can be applied.
     staged_moves: Option<usize>,
+    /// Live versions, the read version, and each node's acknowledged/synced/offloaded version.
+    live_versions: Vec<u64>,
+    read_version: Option<u64>,
+    progress: std::collections::BTreeMap<String, [u64; 3]>,
 }
 
 /// `shoal layout show`.
@@ -178,6 +222,26 @@ pub async fn layout_show(config: &Config, json: bool) -> anyhow::Result<()> {
                 .collect(),
             staged: r.staged.len(),
             staged_moves: r.preview.as_ref().ok().map(|(_, m)| *m),
+            live_versions: r.history.versions.iter().map(|l| l.version).collect(),
+            read_version: r.history.read_version().map(|l| l.version),
+            progress: r
+                .history
+                .synced
+                .keys()
+                .map(|n| {
+                    let g = |m: &std::collections::BTreeMap<NodeId, u64>| {
+                        m.get(n).copied().unwrap_or(0)
+                    };
+                    (
+                        n.to_string(),
+                        [
+                            g(&r.history.acked),
+                            g(&r.history.synced),
+                            g(&r.history.offloaded),
+                        ],
+                    )
+                })
+                .collect(),
         };
         println!("{}", serde_json::to_string(&v)?);
         return Ok(());

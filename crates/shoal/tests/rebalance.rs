@@ -155,6 +155,16 @@ fn adding_and_removing_nodes_moves_items_to_exactly_their_replicas() {
     let members: Vec<(PathBuf, String)> = (1..=4).map(|k| (conf(k), id(&conf(k)))).collect();
     let took = wait_placed(&members, &[], items);
     let sent_add = items_sent(&members);
+    // Placement done means the old version retired (offload waits for it): the history shows
+    // one live version, read from, with every node's progress.
+    let shown = run(&conf(1), &["layout", "show"]);
+    assert!(
+        shown.contains("live layout versions: 2 (reads use version 2)"),
+        "{shown}"
+    );
+    let v = json(&conf(2), &["layout", "show", "--json"]);
+    assert_eq!(v["live_versions"], serde_json::json!([2]));
+    assert_eq!(v["progress"].as_object().unwrap().len(), 4, "{v}");
     eprintln!(
         "add a node: {moved_add} partition replicas moved, {sent_add} items sent, settled in {:.1} s",
         took.as_secs_f64()
