@@ -2011,8 +2011,17 @@ impl<T: Transport> Node<T> {
                 continue;
             };
             for (key, bytes) in tombstones {
-                seen_now.insert(key.clone());
-                let since = *first_seen.entry(key.clone()).or_insert_with(Instant::now);
+                // Aged per tombstone, not per key: a newer delete of the same key starts its
+                // own wait, so writes in flight around it land before it can be collected.
+                let tomb_id = {
+                    let mut id = key.clone();
+                    id.extend_from_slice(blake3::hash(&bytes).as_bytes());
+                    id
+                };
+                seen_now.insert(tomb_id.clone());
+                let since = *first_seen
+                    .entry(tomb_id.clone())
+                    .or_insert_with(Instant::now);
                 if since.elapsed() < config.min_age {
                     continue;
                 }
@@ -2060,7 +2069,7 @@ impl<T: Transport> Node<T> {
                 }
                 if all_done {
                     collected += 1;
-                    first_seen.remove(&key);
+                    first_seen.remove(&tomb_id);
                 }
             }
         }

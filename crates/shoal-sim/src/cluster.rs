@@ -797,8 +797,10 @@ fn check(history: &[(usize, Op)], stores: &[Store], ids: &[NodeId], violations: 
         {
             let needed = w.1;
             violations.push(format!(
-                "client {c} read key {key} at {start} ms and missed a write acknowledged before (stamp {} ms)",
-                needed.0
+                "client {c} read key {key} at {start} ms and missed a write acknowledged before (stamp {} ms, {:?}); it read {value:?} stamped {:?}",
+                needed.0,
+                w.2,
+                stamp.map(|s| s.0)
             ));
         }
     }
