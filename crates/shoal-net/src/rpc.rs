@@ -139,6 +139,12 @@ impl Envelope {
     }
 }
 
+/// Decodes one RPC message (after decryption and reassembly) as the reader does, and says
+/// whether it is well formed: the entry point of the RPC decoder's fuzz target.
+pub fn check_message(bytes: &[u8]) -> Result<(), String> {
+    Envelope::decode(bytes).map(|_| ())
+}
+
 type Reply = oneshot::Sender<Result<Vec<u8>, RpcError>>;
 
 struct Conn {
