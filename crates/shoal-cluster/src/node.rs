@@ -496,6 +496,24 @@ fn decode<'a, V: Deserialize<'a>>(b: &'a [u8]) -> Result<V, String> {
     rmp_serde::from_slice(b).map_err(|e| format!("malformed request: {e}"))
 }
 
+/// Raises `table`'s version in a per-table progress map; returns whether it moved.
+fn raise(map: &Mutex<HashMap<String, u64>>, table: &str, version: u64) -> bool {
+    let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+    let v = m.entry(table.to_string()).or_default();
+    let moved = *v < version;
+    *v = (*v).max(version);
+    moved
+}
+
+/// The lowest version in a per-table progress map (`None` without tables).
+fn lowest(map: &Mutex<HashMap<String, u64>>) -> Option<u64> {
+    map.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .copied()
+        .min()
+}
+
 /// A write being coordinated (see [`Node::begin_write`]).
 pub struct WriteInFlight {
     inflight: Arc<Mutex<BTreeMap<u64, usize>>>,
@@ -741,14 +759,8 @@ impl<T: Transport> Node<T> {
 
     /// The highest layout version this node has finished syncing (every table's syncer).
     pub fn synced_version(&self) -> u64 {
-        let current = self.layout().version;
-        let tables = self
-            .state
-            .table_synced
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
         // A node without syncers (tests, tools) has nothing to move.
-        tables.values().copied().min().unwrap_or(current)
+        lowest(&self.state.table_synced).unwrap_or(self.layout().version)
     }
 
     /// The newest layout version this node acknowledges: it knows it, and every write it
@@ -791,18 +803,7 @@ impl<T: Transport> Node<T> {
 
     /// A table's syncer has finished every piece of work up to layout `version`.
     async fn table_done(&self, table: &str, version: u64) {
-        let changed = {
-            let mut t = self
-                .state
-                .table_synced
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let v = t.entry(table.to_string()).or_default();
-            let changed = *v < version;
-            *v = (*v).max(version);
-            changed
-        };
-        if changed {
+        if raise(&self.state.table_synced, table, version) {
             let id = self.id();
             self.note_synced(id, self.synced_version()).await;
         }
@@ -811,16 +812,7 @@ impl<T: Transport> Node<T> {
     /// The highest layout version up to which this node holds nothing it does not store in
     /// that version (every table's syncer).
     pub fn offloaded_version(&self) -> u64 {
-        let current = self.layout().version;
-        let v = self
-            .state
-            .table_offloaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .copied()
-            .min()
-            .unwrap_or(current);
+        let v = lowest(&self.state.table_offloaded).unwrap_or(self.layout().version);
         self.state
             .history
             .write()
@@ -830,13 +822,7 @@ impl<T: Transport> Node<T> {
     }
 
     fn table_offloaded(&self, table: &str, version: u64) {
-        let mut t = self
-            .state
-            .table_offloaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let v = t.entry(table.to_string()).or_default();
-        *v = (*v).max(version);
+        raise(&self.state.table_offloaded, table, version);
     }
 
     /// Records a node's sync progress; retires versions no longer needed.

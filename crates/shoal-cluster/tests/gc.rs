@@ -265,7 +265,18 @@ async fn a_node_down_for_the_whole_cycle_rejoins_without_resurrecting() {
             .await
             .unwrap();
     }
-    // C goes down before the delete and stays down until after the collection.
+    // C has reported holding nothing outside its partitions (the condition for collecting
+    // without asking it) before it goes down, before the delete, until after the collection.
+    for n in &nodes[..2] {
+        wait_until("C's offload reported", || {
+            n.node
+                .history()
+                .offloaded
+                .get(&c_id)
+                .is_some_and(|v| *v >= 1)
+        })
+        .await;
+    }
     let c = nodes.pop().unwrap();
     let c_addr = c.node.public_addr();
     c.node.shutdown();
