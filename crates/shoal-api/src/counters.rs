@@ -7,7 +7,7 @@
 //! anti-entropy.
 
 use serde::{Deserialize, Serialize};
-use shoal_storage::{Direction, KeyRange, StorageError, Store, WriteTx};
+use shoal_storage::{Direction, StorageError, Store, WriteTx};
 use shoal_table::codec::Versioned;
 use shoal_table::{Change, ChangeHook};
 use tokio::sync::watch;
@@ -166,48 +166,24 @@ pub struct IndexQuery {
 /// The node's counts matching `q`, in order.
 pub fn local_counts(store: &Store, q: &IndexQuery) -> Result<Vec<(String, Counts)>, StorageError> {
     let base = counts_key(&q.bucket, "");
-    let lower = {
-        let mut from = counts_key(&q.bucket, q.prefix.as_deref().unwrap_or(""));
-        if !q.reverse
-            && let Some(s) = &q.start
-        {
-            from = from.max(counts_key(&q.bucket, s));
-        }
-        if q.reverse
-            && let Some(e) = &q.end
-        {
-            from = from.max(counts_key(&q.bucket, e));
-        }
-        from
-    };
-    let mut range = KeyRange::prefix(&base);
-    range.start = std::ops::Bound::Included(lower);
+    let range = crate::range::key_range(
+        &base,
+        q.prefix.as_deref(),
+        q.start.as_deref(),
+        q.end.as_deref(),
+        q.reverse,
+    );
     let direction = if q.reverse {
         Direction::Backward
     } else {
         Direction::Forward
     };
-    let rows = store.scan(COUNTS_TREE, &range, direction, usize::MAX)?;
-    let mut out = Vec::new();
-    for (k, v) in rows {
-        let pk = String::from_utf8_lossy(&k[base.len()..]).into_owned();
-        if let Some(p) = &q.prefix
-            && !pk.starts_with(p.as_str())
-        {
-            continue;
-        }
-        let in_bounds = if q.reverse {
-            q.start.as_ref().is_none_or(|s| pk <= *s) && q.end.as_ref().is_none_or(|e| pk > *e)
-        } else {
-            q.start.as_ref().is_none_or(|s| pk >= *s) && q.end.as_ref().is_none_or(|e| pk < *e)
-        };
-        if !in_bounds {
-            continue;
-        }
-        out.push((pk, Counts::decode(&v)));
-        if out.len() >= q.limit {
-            break;
-        }
-    }
-    Ok(out)
+    Ok(store
+        .scan(COUNTS_TREE, &range, direction, q.limit)?
+        .into_iter()
+        .map(|(k, v)| {
+            let pk = String::from_utf8_lossy(&k[base.len()..]).into_owned();
+            (pk, Counts::decode(&v))
+        })
+        .collect())
 }

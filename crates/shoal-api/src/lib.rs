@@ -12,6 +12,7 @@ pub mod counters;
 mod http;
 pub mod metrics;
 pub mod model;
+mod range;
 pub mod service;
 pub mod sigv4;
 

@@ -328,23 +328,13 @@ impl<T: Transport> Api<T> {
             k.extend_from_slice(sk.as_bytes());
             k
         };
-        let prefix_range = KeyRange::prefix(&with(range.prefix.as_deref().unwrap_or("")));
-        let mut key_range = prefix_range.clone();
-        if range.reverse {
-            if let Some(s) = &range.start {
-                key_range.end = tighter_end(key_range.end, Bound::Included(with(s)));
-            }
-            if let Some(e) = &range.end {
-                key_range.start = tighter_start(key_range.start, Bound::Excluded(with(e)));
-            }
-        } else {
-            if let Some(s) = &range.start {
-                key_range.start = tighter_start(key_range.start, Bound::Included(with(s)));
-            }
-            if let Some(e) = &range.end {
-                key_range.end = tighter_end(key_range.end, Bound::Excluded(with(e)));
-            }
-        }
+        let mut key_range = crate::range::key_range(
+            &hash,
+            range.prefix.as_deref(),
+            range.start.as_deref(),
+            range.end.as_deref(),
+            range.reverse,
+        );
         let mut items = Vec::new();
         let page = shoal_cluster::node::MAX_RANGE_ITEMS;
         loop {
@@ -745,24 +735,6 @@ pub fn validate_bucket_name(name: &str) -> Result<(), ApiError> {
             "invalid bucket name {name:?}: 3 to 63 of a-z, 0-9, '-', '.'"
         )))
     }
-}
-
-fn tighter_start(a: Bound<Vec<u8>>, b: Bound<Vec<u8>>) -> Bound<Vec<u8>> {
-    let key = |x: &Bound<Vec<u8>>| match x {
-        Bound::Included(k) => Some((k.clone(), 0)),
-        Bound::Excluded(k) => Some((k.clone(), 1)),
-        Bound::Unbounded => None,
-    };
-    if key(&b) > key(&a) { b } else { a }
-}
-
-fn tighter_end(a: Bound<Vec<u8>>, b: Bound<Vec<u8>>) -> Bound<Vec<u8>> {
-    let key = |x: &Bound<Vec<u8>>| match x {
-        Bound::Included(k) => (0, k.clone(), 1),
-        Bound::Excluded(k) => (0, k.clone(), 0),
-        Bound::Unbounded => (1, Vec::new(), 0),
-    };
-    if key(&b) < key(&a) { b } else { a }
 }
 
 impl<T: Transport> Api<T> {

@@ -38,17 +38,21 @@ pub struct LayoutHistory {
 }
 
 impl LayoutHistory {
-    /// Adds `layout` if it is newer than every live version; returns whether it did.
+    /// Adds the layout a node just adopted if it is newer than every live version; returns
+    /// whether it did. A layout of the newest version with other content (two changes applied
+    /// concurrently, settled by `Layout::merge`) replaces it.
     pub fn push(&mut self, layout: &Layout) -> bool {
         if layout.roles.is_empty() {
             return false;
         }
-        if self
-            .versions
-            .last()
-            .is_some_and(|l| l.version >= layout.version)
-        {
-            return false;
+        if let Some(last) = self.versions.last_mut() {
+            if last.version > layout.version || last == layout {
+                return false;
+            }
+            if last.version == layout.version {
+                *last = layout.clone();
+                return true;
+            }
         }
         if let Some(last) = self.versions.last() {
             for n in last.roles.keys() {
@@ -203,7 +207,17 @@ mod tests {
         assert!(!h.push(&Layout::empty(2)), "an empty layout is never live");
         assert!(h.push(&layout(1, &[1, 2])));
         assert!(h.push(&layout(2, &[3, 4])));
-        assert!(!h.push(&layout(2, &[3, 4])), "versions only go forward");
+        assert!(
+            !h.push(&layout(2, &[3, 4])),
+            "the same layout twice is one version"
+        );
+        assert!(!h.push(&layout(1, &[1, 2])), "versions only go forward");
+        assert!(
+            h.push(&layout(2, &[3, 5])),
+            "a concurrent version 2 that won the merge"
+        );
+        assert!(h.push(&layout(2, &[3, 4])));
+        assert_eq!(h.versions.len(), 2);
         let nodes = |l: &Layout| l.nodes_of(0).to_vec();
         assert_eq!(h.read_version().unwrap().version, 1);
         assert_eq!(

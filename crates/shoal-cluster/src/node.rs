@@ -859,36 +859,31 @@ impl<T: Transport> Node<T> {
     /// layout version.
     pub fn write_sets(&self, table: &str, p: u8) -> Vec<Vec<NodeId>> {
         let replication = self.replication_of(table);
-        let h = self.state.history.read().unwrap_or_else(|e| e.into_inner());
-        let sets = h.write_sets(|l| replication.nodes_of(l, p));
-        if sets.is_empty() {
-            let n = self.nodes_for(table, p);
-            if n.is_empty() { Vec::new() } else { vec![n] }
-        } else {
-            sets
-        }
+        self.state
+            .history
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_sets(|l| replication.nodes_of(l, p))
     }
 
     /// The nodes a read of partition `p` of `table` asks: those of the read version.
     pub fn read_nodes(&self, table: &str, p: u8) -> Vec<NodeId> {
         let replication = self.replication_of(table);
-        let h = self.state.history.read().unwrap_or_else(|e| e.into_inner());
-        if h.versions.is_empty() {
-            drop(h);
-            return self.nodes_for(table, p);
-        }
-        h.read_set(|l| replication.nodes_of(l, p))
+        self.state
+            .history
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .read_set(|l| replication.nodes_of(l, p))
     }
 
     /// Every node of partition `p` of `table` in a live version: whom a replica syncs with.
     pub fn sync_nodes(&self, table: &str, p: u8) -> Vec<NodeId> {
         let replication = self.replication_of(table);
-        let h = self.state.history.read().unwrap_or_else(|e| e.into_inner());
-        if h.versions.is_empty() {
-            drop(h);
-            return self.nodes_for(table, p);
-        }
-        h.union(|l| replication.nodes_of(l, p))
+        self.state
+            .history
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .union(|l| replication.nodes_of(l, p))
     }
 
     async fn persist<V: Serialize>(&self, key: &'static [u8], value: &V) {

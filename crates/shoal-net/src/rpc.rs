@@ -110,6 +110,22 @@ pub trait Handler: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
 }
 
+/// The handler of a party that only calls (the operator CLI, simulated clients, tests): every
+/// request to it is refused.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CallsOnly;
+
+impl Handler for CallsOnly {
+    fn handle(
+        &self,
+        _from: NodeId,
+        _endpoint: String,
+        _body: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> {
+        Box::pin(async { Err("this party only calls; it serves nothing".to_string()) })
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 enum Envelope {
     Request {

@@ -3,8 +3,6 @@
 //! client-facing operations, faults injected on a seeded schedule, then a heal and the checks.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +14,7 @@ use shoal_cluster::layout::{Layout, NodeRole};
 use shoal_cluster::node::{
     ClusterStatus, GcConfig, LayoutReport, Node, NodeConfig, SyncerConfig, WallClock,
 };
-use shoal_net::{ClusterSecret, Handler, NetConfig, Network, NodeId, NodeKey};
+use shoal_net::{CallsOnly, ClusterSecret, NetConfig, Network, NodeId, NodeKey};
 use shoal_storage::Store;
 use shoal_sync::ids::IdKey;
 use shoal_sync::index::{Head, PartitionIndex};
@@ -216,19 +214,6 @@ enum Op {
     },
 }
 
-struct NoService;
-
-impl Handler for NoService {
-    fn handle(
-        &self,
-        _from: NodeId,
-        _endpoint: String,
-        _body: Vec<u8>,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> {
-        Box::pin(async { Err("clients serve nothing".to_string()) })
-    }
-}
-
 fn now_ms() -> u128 {
     turmoil::sim_elapsed().unwrap_or_default().as_millis()
 }
@@ -356,7 +341,7 @@ pub fn run(config: &RunConfig) -> Outcome {
                 secret,
                 SimTransport,
                 net_config(),
-                Arc::new(NoService),
+                Arc::new(CallsOnly),
             );
             let first = format!("{}:{PORT}", host(0));
             loop {
@@ -407,7 +392,7 @@ pub fn run(config: &RunConfig) -> Outcome {
                 secret,
                 SimTransport,
                 net_config(),
-                Arc::new(NoService),
+                Arc::new(CallsOnly),
             );
             let mut serial = 0;
             while now_ms() < load_until_ms {
@@ -524,7 +509,7 @@ pub fn run(config: &RunConfig) -> Outcome {
                     secret,
                     SimTransport,
                     net_config(),
-                    Arc::new(NoService),
+                    Arc::new(CallsOnly),
                 );
                 // Through any node that answers.
                 for (i, id) in ids.iter().enumerate() {

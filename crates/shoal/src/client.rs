@@ -1,28 +1,13 @@
 //! The operator CLI's connection to a node: an ephemeral identity authenticated with the
 //! cluster secret from the node's own configuration file.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Context;
 use serde::de::DeserializeOwned;
-use shoal_net::{Handler, NetConfig, Network, NodeId, NodeKey, TcpTransport};
+use shoal_net::{CallsOnly, NetConfig, Network, NodeId, NodeKey, TcpTransport};
 
 use crate::config::Config;
-
-struct NoService;
-
-impl Handler for NoService {
-    fn handle(
-        &self,
-        _from: NodeId,
-        _endpoint: String,
-        _body: Vec<u8>,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> {
-        Box::pin(async { Err("the CLI serves nothing".to_string()) })
-    }
-}
 
 /// How the CLI reaches its node.
 enum Link {
@@ -72,7 +57,7 @@ impl AdminClient {
             config.secret(),
             TcpTransport,
             NetConfig::default(),
-            Arc::new(NoService),
+            Arc::new(CallsOnly),
         );
         let addr = config.public_addr();
         let node = net

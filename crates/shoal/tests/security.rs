@@ -5,28 +5,13 @@
 
 mod common;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{base_port, start_dev, stop};
 use futures::SinkExt;
-use shoal_net::{ClusterSecret, Handler, NetConfig, Network, NodeId, NodeKey, TcpTransport};
+use shoal_net::{CallsOnly, ClusterSecret, NetConfig, Network, NodeKey, TcpTransport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct NoService;
-
-impl Handler for NoService {
-    fn handle(
-        &self,
-        _from: NodeId,
-        _endpoint: String,
-        _body: Vec<u8>,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> {
-        Box::pin(async { Err("nothing here".to_string()) })
-    }
-}
 
 fn fds(pid: &str) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -83,7 +68,7 @@ fn a_node_refuses_attacks_and_keeps_serving() {
             secret.clone(),
             TcpTransport,
             NetConfig::default(),
-            Arc::new(NoService),
+            Arc::new(CallsOnly),
         );
         let node = client.connect(&addr, None).await.unwrap();
         let ping = || async {
