@@ -28,8 +28,12 @@ pub trait SyncTable: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// The local replica of partition `p`.
     fn replica(&self, p: u8) -> Box<dyn Replica + Send>;
-    /// Merges encoded items (durably) and returns how many changed.
-    fn merge_encoded(&self, items: Vec<Vec<u8>>) -> Result<usize, String>;
+    /// Merges encoded items (durably) and returns how many changed. Asynchronous: a write waits
+    /// for its group commit without holding a blocking thread.
+    fn merge_encoded(
+        &self,
+        items: Vec<Vec<u8>>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<usize, String>> + Send + 'static>>;
     /// The encoded item under an engine key.
     fn get_encoded(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
     /// Whether this node holds any item of partition `p`.
@@ -77,8 +81,17 @@ impl<S: shoal_table::Schema> SyncTable
         ))
     }
 
-    fn merge_encoded(&self, items: Vec<Vec<u8>>) -> Result<usize, String> {
-        self.0.insert_encoded(items).map_err(|e| e.to_string())
+    fn merge_encoded(
+        &self,
+        items: Vec<Vec<u8>>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<usize, String>> + Send + 'static>> {
+        let table = self.0.clone();
+        Box::pin(async move {
+            table
+                .insert_encoded_async(items)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 
     fn get_encoded(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
@@ -935,9 +948,7 @@ impl<T: Transport> Node<T> {
     ) -> Result<(), String> {
         if node == self.id() {
             let t = self.table(table)?;
-            self.blocking(move || t.merge_encoded(items))
-                .await
-                .map_err(|e| e.to_string())??;
+            t.merge_encoded(items).await?;
             return Ok(());
         }
         let body = encode(&TableWrite {
@@ -1430,10 +1441,7 @@ impl<T: Transport> Node<T> {
                 let w: TableWrite = decode(&body)?;
                 let table = self.table(&w.table)?;
                 let items = w.items.into_iter().map(ByteBuf::into_vec).collect();
-                let changed = self
-                    .blocking(move || table.merge_encoded(items))
-                    .await
-                    .map_err(|e| e.to_string())??;
+                let changed = table.merge_encoded(items).await?;
                 Ok(encode(&changed))
             }
             "table.read" => {

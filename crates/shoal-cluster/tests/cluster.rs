@@ -76,7 +76,7 @@ async fn start(secret: &ClusterSecret, bootstrap: Vec<String>) -> TestNode {
     let node = Node::start(
         key,
         secret.clone(),
-        TcpTransport,
+        TcpTransport::default(),
         "127.0.0.1:0",
         config,
         Layout::empty(3),

@@ -38,7 +38,7 @@ async fn start_in(
     let node = Node::start(
         key,
         secret.clone(),
-        TcpTransport,
+        TcpTransport::default(),
         bind,
         NodeConfig {
             bootstrap,

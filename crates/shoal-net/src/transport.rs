@@ -29,14 +29,45 @@ pub trait Transport: Send + Sync + 'static {
 
 /// Plain TCP.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct TcpTransport;
+pub struct TcpTransport {
+    /// Where outgoing connections leave from; the system's choice if `None`.
+    source: Option<std::net::IpAddr>,
+}
+
+impl TcpTransport {
+    /// TCP whose outgoing connections leave from `ip` (a node bound to one address of a
+    /// multi-homed host dials from it too, so peers and firewalls see one address per node).
+    pub fn from_source(ip: std::net::IpAddr) -> Self {
+        Self { source: Some(ip) }
+    }
+}
 
 impl Transport for TcpTransport {
     type Stream = tokio::net::TcpStream;
     type Listener = tokio::net::TcpListener;
 
     async fn connect(&self, addr: &str) -> io::Result<Self::Stream> {
-        let s = tokio::net::TcpStream::connect(addr).await?;
+        let s = match self.source {
+            None => tokio::net::TcpStream::connect(addr).await?,
+            Some(ip) => {
+                let target = tokio::net::lookup_host(addr)
+                    .await?
+                    .find(|a| a.is_ipv4() == ip.is_ipv4())
+                    .ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::AddrNotAvailable,
+                            format!("{addr} has no address of the family of {ip}"),
+                        )
+                    })?;
+                let socket = if ip.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(target).await?
+            }
+        };
         s.set_nodelay(true)?;
         Ok(s)
     }

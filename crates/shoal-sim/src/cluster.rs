@@ -22,6 +22,7 @@ use shoal_table::codec::Versioned;
 use shoal_table::{Table, engine_key};
 
 use crate::SimTransport;
+use crate::crashable::CrashableEngine;
 
 /// Which faults a run injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +147,8 @@ pub struct Outcome {
     pub reads: usize,
     /// Faults injected.
     pub faults: usize,
+    /// Transactions queued behind a simulated fsync and lost by a crash (never acknowledged).
+    pub lost_transactions: usize,
     /// Broken invariants; empty for a pass.
     pub violations: Vec<String>,
     /// Hash of the client-visible history: the same seed must give the same hash.
@@ -263,8 +266,14 @@ pub fn run(config: &RunConfig) -> Outcome {
     let ids: Vec<NodeId> = (0..n)
         .map(|i| NodeKey::from_secret_bytes(node_secret(config.seed, i)).node_id())
         .collect();
-    // Each node's store outlives its crashes: committed writes are durable, nothing else is.
-    let stores: Vec<Store> = (0..n).map(|_| Store::memory()).collect();
+    // Each node's store outlives its crashes: committed writes are durable; transactions queued
+    // behind the next (simulated) fsync are lost by a crash, unacknowledged.
+    let engines: Vec<Arc<CrashableEngine>> =
+        (0..n).map(|_| Arc::new(CrashableEngine::new())).collect();
+    let stores: Vec<Store> = engines
+        .iter()
+        .map(|e| Store::from_engine(e.clone()))
+        .collect();
     let skews: Vec<i64> = (0..n)
         .map(|_| {
             if config.scenario.skew() {
@@ -275,15 +284,24 @@ pub fn run(config: &RunConfig) -> Outcome {
         })
         .collect();
     for i in 0..n {
-        let (store, secret, seed, skew) =
-            (stores[i].clone(), secret.clone(), config.seed, skews[i]);
+        let (store, engine, secret, seed, skew) = (
+            stores[i].clone(),
+            engines[i].clone(),
+            secret.clone(),
+            config.seed,
+            skews[i],
+        );
         let bootstrap: Vec<String> = (0..n)
             .filter(|j| *j != i)
             .map(|j| format!("{}:{PORT}", host(j)))
             .collect();
         sim.host(host(i), move || {
             let (store, secret, bootstrap) = (store.clone(), secret.clone(), bootstrap.clone());
+            // Each node commits on its own period (5 to 13 ms, a slow disk's fsync), so commits
+            // interleave and a crash usually finds transactions waiting for one.
+            let commits = engine.clone().run_commits(Duration::from_millis(5 + 2 * i as u64));
             async move {
+                tokio::spawn(commits);
                 let node = Node::start(
                     NodeKey::from_secret_bytes(node_secret(seed, i)),
                     secret.clone(),
@@ -367,6 +385,7 @@ pub fn run(config: &RunConfig) -> Outcome {
         });
     }
     let mut faults = 0;
+    let mut lost_transactions = 0;
     let mut steps = 0u64;
     while !ready.load(std::sync::atomic::Ordering::SeqCst) {
         if let Err(e) = sim.step() {
@@ -493,7 +512,16 @@ pub fn run(config: &RunConfig) -> Outcome {
             faults += 1;
         } else if choice == 1 && config.scenario.crashes() {
             let victim = rng.random_range(0..n);
+            // The worst moment: while the victim has transactions waiting for their commit
+            // (looked for during at most half a second of simulated time).
+            let give_up = sim.elapsed() + Duration::from_millis(500);
+            while engines[victim].queued() == 0 && sim.elapsed() < give_up {
+                if let Err(e) = sim.step() {
+                    return failed(config, format!("during the load: {e}"));
+                }
+            }
             sim.crash(host(victim));
+            lost_transactions += engines[victim].crash();
             down.insert(victim);
             faults += 1;
         } else if choice == 2 && layout_changes < config.scenario.layout_changes() {
@@ -597,6 +625,7 @@ pub fn run(config: &RunConfig) -> Outcome {
         failed_writes,
         reads,
         faults,
+        lost_transactions,
         violations,
         trace_hash: trace.finalize().to_hex()[..16].to_string(),
     }
@@ -610,6 +639,7 @@ fn failed(config: &RunConfig, why: String) -> Outcome {
         failed_writes: 0,
         reads: 0,
         faults: 0,
+        lost_transactions: 0,
         violations: vec![why],
         trace_hash: String::new(),
     }

@@ -6,6 +6,7 @@
 //! nodes would use TCP.
 
 pub mod cluster;
+pub mod crashable;
 
 use std::io;
 use std::net::SocketAddr;

@@ -43,23 +43,25 @@ fn main() -> std::process::ExitCode {
         },
     };
     let (mut passed, mut failed) = (0u64, 0u64);
-    let (mut acked, mut faults) = (0usize, 0usize);
+    let (mut acked, mut faults, mut lost) = (0usize, 0usize, 0usize);
     let started = std::time::Instant::now();
     for scenario in scenarios {
         for seed in args.first_seed..args.first_seed + args.seeds {
             let outcome = run(&RunConfig::new(seed, scenario));
             acked += outcome.acked;
             faults += outcome.faults;
+            lost += outcome.lost_transactions;
             if outcome.passed() {
                 passed += 1;
                 if args.verbose {
                     println!(
-                        "ok   {} seed {seed}: {} acked, {} failed writes, {} reads, {} faults, trace {}",
+                        "ok   {} seed {seed}: {} acked, {} failed writes, {} reads, {} faults, {} unsynced transactions lost, trace {}",
                         scenario.name(),
                         outcome.acked,
                         outcome.failed_writes,
                         outcome.reads,
                         outcome.faults,
+                        outcome.lost_transactions,
                         outcome.trace_hash
                     );
                 }
@@ -77,7 +79,7 @@ fn main() -> std::process::ExitCode {
         }
     }
     println!(
-        "({acked} acknowledged writes, {faults} faults, {:.0} s)",
+        "({acked} acknowledged writes, {faults} faults, {lost} unsynced transactions lost by crashes, {:.0} s)",
         started.elapsed().as_secs_f64()
     );
     println!("{passed} passed, {failed} failed");

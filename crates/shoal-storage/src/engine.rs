@@ -174,6 +174,12 @@ pub trait Engine: ReadView + Send + Sync {
 
     /// Counters since the engine was opened.
     fn stats(&self) -> EngineStats;
+
+    /// Commits every queued transaction now. A caller that blocks on its answer asks for this
+    /// first, so an engine that defers commits to a timer of its own (the simulator's crashable
+    /// engine, which commits on simulated time) cannot leave it waiting for a timer that its own
+    /// thread would have to drive. Engines with a writer of their own need nothing here.
+    fn commit_pending(&self) {}
 }
 
 /// Counters of an engine's write path.

@@ -72,7 +72,16 @@ impl Store {
             Ok(r) => r,
             Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Err(StorageError::Closed),
             Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
-                rx.blocking_recv().unwrap_or(Err(StorageError::Closed))
+                self.engine.commit_pending();
+                match rx.try_recv() {
+                    Ok(r) => r,
+                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                        Err(StorageError::Closed)
+                    }
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                        rx.blocking_recv().unwrap_or(Err(StorageError::Closed))
+                    }
+                }
             }
         };
         Self::finish(slot, committed)

@@ -55,7 +55,7 @@ impl AdminClient {
         let net = Network::new(
             NodeKey::generate(),
             config.secret(),
-            TcpTransport,
+            TcpTransport::default(),
             NetConfig::default(),
             Arc::new(CallsOnly),
         );

@@ -35,10 +35,16 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
     .context("opening the kv table's partition index")?;
     let kv = shoal_table::Table::<shoal_cluster::kv::KvTable>::new(store.clone())
         .with_hook(index.clone());
+    // Bound to one address (not all of them): dial from it too, so each node shows one
+    // address to its peers and to firewalls.
+    let transport = match config.rpc_bind_addr.parse::<std::net::SocketAddr>() {
+        Ok(a) if !a.ip().is_unspecified() => TcpTransport::from_source(a.ip()),
+        _ => TcpTransport::default(),
+    };
     let node = Node::start(
         key,
         config.secret(),
-        TcpTransport,
+        transport,
         &config.rpc_bind_addr,
         node_config,
         Layout::empty(config.replication_factor),

@@ -66,7 +66,7 @@ fn a_node_refuses_attacks_and_keeps_serving() {
         let client = Network::new(
             NodeKey::generate(),
             secret.clone(),
-            TcpTransport,
+            TcpTransport::default(),
             NetConfig::default(),
             Arc::new(CallsOnly),
         );
