@@ -33,6 +33,7 @@ pub const OPERATOR_ENDPOINTS: &[&str] = &[
     "api.bucket.create",
     "api.bucket.allow",
     "api.bucket.list",
+    "api.local.items",
 ];
 
 struct AdminState<T: Transport> {

@@ -650,6 +650,46 @@ impl<T: Transport> Api<T> {
         Ok(out)
     }
 
+    /// What this node's own store holds under one partition key of a bucket, read locally
+    /// (no quorum): for checks of convergence and durability, which must see each replica.
+    pub async fn local_items(&self, bucket: &str, pk: &str) -> Result<LocalItems, ApiError> {
+        let b = self
+            .bucket(bucket)
+            .await?
+            .ok_or_else(|| ApiError::NoSuchBucket(bucket.to_string()))?;
+        let partition = K2vPartition {
+            bucket: b.id.get().clone(),
+            pk: pk.to_string(),
+        };
+        let ring_partition =
+            shoal_table::PartitionHash::of(&shoal_table::KeyPart::key_bytes(&partition)).0[0];
+        let table = Table::<K2vTable>::new(self.inner.store.clone());
+        let items = tokio::task::spawn_blocking(move || {
+            table.range(&partition, &shoal_table::RangeQuery::default())
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(LocalItems {
+            partition: ring_partition,
+            items: items
+                .into_iter()
+                .map(|i| LocalItem {
+                    sk: i.sk.clone(),
+                    values: i
+                        .dvvs
+                        .values()
+                        .into_iter()
+                        .map(|v| match v {
+                            DvvsValue::Value(b) => Some(serde_bytes::ByteBuf::from(b.clone())),
+                            DvvsValue::Deleted => None,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })
+    }
+
     fn add_admin_endpoints(&self) -> Result<(), ApiError> {
         type Handler<T> = fn(
             Api<T>,
@@ -657,7 +697,7 @@ impl<T: Transport> Api<T> {
         ) -> std::pin::Pin<
             Box<dyn std::future::Future<Output = Result<Vec<u8>, String>> + Send>,
         >;
-        let endpoints: [(&str, Handler<T>); 5] = [
+        let endpoints: [(&str, Handler<T>); 6] = [
             ("api.key.create", |api, body| {
                 Box::pin(async move {
                     let name: String = decode(&body)?;
@@ -682,6 +722,12 @@ impl<T: Transport> Api<T> {
             ("api.bucket.list", |api, _| {
                 Box::pin(async move { encode(&api.list_buckets()) })
             }),
+            ("api.local.items", |api, body| {
+                Box::pin(async move {
+                    let (bucket, pk): (String, String) = decode(&body)?;
+                    encode(&api.local_items(&bucket, &pk).await)
+                })
+            }),
         ];
         for (name, handler) in endpoints {
             let api = self.clone();
@@ -695,6 +741,24 @@ impl<T: Transport> Api<T> {
         }
         Ok(())
     }
+}
+
+/// The items one node stores locally under a partition key (`api.local.items`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalItems {
+    /// The ring partition (0–255) that holds the partition key.
+    pub partition: u8,
+    /// Items in sort-key order.
+    pub items: Vec<LocalItem>,
+}
+
+/// One locally stored item: its sort key and its concurrent values (`None`: a deletion).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalItem {
+    /// Sort key.
+    pub sk: String,
+    /// Concurrent values.
+    pub values: Vec<Option<serde_bytes::ByteBuf>>,
 }
 
 fn decode<'a, V: Deserialize<'a>>(b: &'a [u8]) -> Result<V, String> {

@@ -1,9 +1,11 @@
 //! Shoal's benchmarks. Each subcommand prints one JSON object per line per configuration, so
 //! figures can be compared across machines and commits.
 
+mod campaign;
 mod insert;
 mod load;
 mod negentropy_baseline;
+mod procs;
 mod storage;
 mod sync;
 
@@ -24,6 +26,9 @@ enum Command {
     Insert(insert::Args),
     /// Reconciliation of two on-disk replicas of one partition: Shoal vs the seed vs negentropy.
     Sync(sync::Args),
+    /// The real-process fault campaign (5 nodes, load, faults, checks); see
+    /// scripts/fault-campaign.sh, which prepares what it needs (root).
+    Campaign(campaign::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +36,6 @@ fn main() -> anyhow::Result<()> {
         Command::Storage(args) => storage::run(&args),
         Command::Sync(args) => sync::run(&args),
         Command::Insert(args) => insert::run(&args),
+        Command::Campaign(args) => campaign::run(&args),
     }
 }

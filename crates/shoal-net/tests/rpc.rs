@@ -214,7 +214,13 @@ async fn a_call_reconnects_after_the_peer_restarts() {
     a.shutdown();
     drop(a);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let a2 = Network::new(key, s, TcpTransport::default(), config, Arc::new(TestHandler));
+    let a2 = Network::new(
+        key,
+        s,
+        TcpTransport::default(),
+        config,
+        Arc::new(TestHandler),
+    );
     a2.listen(&addr).await.unwrap();
     let mut ok = false;
     for _ in 0..20 {

@@ -299,7 +299,9 @@ pub fn run(config: &RunConfig) -> Outcome {
             let (store, secret, bootstrap) = (store.clone(), secret.clone(), bootstrap.clone());
             // Each node commits on its own period (5 to 13 ms, a slow disk's fsync), so commits
             // interleave and a crash usually finds transactions waiting for one.
-            let commits = engine.clone().run_commits(Duration::from_millis(5 + 2 * i as u64));
+            let commits = engine
+                .clone()
+                .run_commits(Duration::from_millis(5 + 2 * i as u64));
             async move {
                 tokio::spawn(commits);
                 let node = Node::start(

@@ -135,9 +135,14 @@ mod tests {
             .build()
             .unwrap();
         let queued = store.clone();
-        let waiter = rt.spawn(async move { queued.transact_async(|tx| tx.put("t", b"b", b"2")).await });
+        let waiter =
+            rt.spawn(async move { queued.transact_async(|tx| tx.put("t", b"b", b"2")).await });
         rt.block_on(tokio::task::yield_now());
-        assert_eq!(store.get("t", b"b").unwrap(), None, "not visible before its commit");
+        assert_eq!(
+            store.get("t", b"b").unwrap(),
+            None,
+            "not visible before its commit"
+        );
         assert_eq!(engine.crash(), 1);
         let answer = rt.block_on(waiter).unwrap();
         assert!(answer.is_err(), "a lost transaction is never acknowledged");

@@ -82,11 +82,73 @@ struct Pending {
 
 /// A store in one redb file.
 pub struct RedbEngine {
-    db: Arc<redb::Database>,
+    db: Arc<DbSlot>,
     path: PathBuf,
     queue: Option<mpsc::Sender<Pending>>,
     writer: Option<JoinHandle<()>>,
     counters: Arc<Counters>,
+}
+
+/// The open database, replaced by the writer when an I/O error (a full disk) has poisoned it:
+/// redb refuses every later write on that handle, so the handle is closed and the file opened
+/// again, which recovers the last durable commit. Empty while the reopen waits for readers.
+struct DbSlot {
+    db: std::sync::RwLock<Option<Arc<redb::Database>>>,
+    path: PathBuf,
+    cache_size: usize,
+}
+
+impl DbSlot {
+    fn get(&self) -> Result<Arc<redb::Database>, StorageError> {
+        self.db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                StorageError::Engine(format!(
+                    "{} is being reopened after an I/O error",
+                    self.path.display()
+                ))
+            })
+    }
+
+    /// Closes the poisoned handle and opens the file again. Waits (up to 5 s) for readers
+    /// still holding the old handle, whose file lock forbids a second open.
+    fn reopen(&self, old: Arc<redb::Database>) -> Result<(), StorageError> {
+        *self.db.write().unwrap_or_else(|p| p.into_inner()) = None;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut old = Some(old);
+        loop {
+            if let Some(o) = old.take() {
+                match Arc::try_unwrap(o) {
+                    Ok(db) => drop(db),
+                    Err(o) => old = Some(o),
+                }
+            }
+            if old.is_none() {
+                let mut builder = redb::Database::builder();
+                builder.set_cache_size(self.cache_size);
+                match builder.open(&self.path) {
+                    Ok(db) => {
+                        *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
+                        return Ok(());
+                    }
+                    Err(redb::DatabaseError::DatabaseAlreadyOpen) => {}
+                    Err(e) => return Err(map_err(e)),
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                // Keep the old handle (still poisoned) rather than nothing; try again later.
+                if let Some(o) = old {
+                    *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(o);
+                }
+                return Err(StorageError::Engine(
+                    "readers held the store open; reopen postponed".into(),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }
 
 #[derive(Default)]
@@ -151,6 +213,11 @@ impl RedbEngine {
         }
 
         let (queue, rx) = mpsc::channel::<Pending>();
+        let db = Arc::new(DbSlot {
+            db: std::sync::RwLock::new(Some(db)),
+            path: path.clone(),
+            cache_size: options.cache_size,
+        });
         let writer_db = db.clone();
         let counters = Arc::new(Counters::default());
         let writer_counters = counters.clone();
@@ -287,11 +354,12 @@ fn check_marker(db: &redb::Database, path: &Path) -> Result<(), OpenError> {
 /// The group-commit loop: take everything queued, run it in one engine transaction, commit once,
 /// then acknowledge each transaction.
 fn writer_loop(
-    db: Arc<redb::Database>,
+    slot: Arc<DbSlot>,
     rx: mpsc::Receiver<Pending>,
     options: RedbOptions,
     counters: &Counters,
 ) {
+    let mut last_reopen: Option<std::time::Instant> = None;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < options.max_group {
@@ -304,18 +372,52 @@ fn writer_loop(
             .transactions
             .fetch_add(group.len() as u64, Ordering::Relaxed);
         counters.commits.fetch_add(1, Ordering::Relaxed);
-        commit_group(&db, group, options.durability);
+        let db = match slot.get() {
+            Ok(db) => db,
+            Err(e) => {
+                fail_all(group.into_iter().map(|p| p.done), &e);
+                continue;
+            }
+        };
+        if let Err(e) = commit_group(&db, group, options.durability) {
+            // An I/O error poisons the handle for good: reopen (at most once a second while
+            // the cause, a full disk say, lasts), recovering the last durable commit.
+            let now = std::time::Instant::now();
+            if last_reopen
+                .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1))
+            {
+                last_reopen = Some(now);
+                match slot.reopen(db) {
+                    Ok(()) => {
+                        warn!(path = %slot.path.display(), cause = %e, "store reopened after an I/O error")
+                    }
+                    Err(r) => {
+                        warn!(path = %slot.path.display(), cause = %e, error = %r, "store reopen failed; retrying at the next write")
+                    }
+                }
+            }
+        }
     }
     debug!("store writer stopped");
 }
 
-fn commit_group(db: &redb::Database, group: Vec<Pending>, durability: Durability) {
+/// Runs and commits one group; returns the I/O error that poisoned the handle, if one did.
+fn commit_group(
+    db: &redb::Database,
+    group: Vec<Pending>,
+    durability: Durability,
+) -> Result<(), StorageError> {
     let mut txn = match db.begin_write() {
         Ok(t) => t,
         Err(e) => {
+            let previous_io = matches!(
+                e,
+                redb::TransactionError::Storage(redb::StorageError::PreviousIo)
+            );
             let e = map_err(e);
             warn!(error = %e, "cannot begin a write transaction");
-            return fail_all(group.into_iter().map(|p| p.done), &e);
+            fail_all(group.into_iter().map(|p| p.done), &e);
+            return if previous_io { Err(e) } else { Ok(()) };
         }
     };
     if durability == Durability::Relaxed
@@ -376,8 +478,12 @@ fn commit_group(db: &redb::Database, group: Vec<Pending>, durability: Durability
         Err(e) => {
             warn!(error = %e, transactions = acks.len(), "group commit failed; no transaction of the group was applied");
             fail_all(acks.into_iter().map(|(d, _)| d), &e);
+            if matches!(e, StorageError::DiskFull | StorageError::Io(_)) {
+                return Err(e);
+            }
         }
     }
+    Ok(())
 }
 
 fn fail_all(dones: impl Iterator<Item = WriteCallback>, e: &StorageError) {
@@ -504,7 +610,7 @@ impl ReadView for RedbSnapshot {
 
 impl RedbEngine {
     fn read(&self) -> Result<RedbSnapshot, StorageError> {
-        Ok(RedbSnapshot(self.db.begin_read().map_err(map_err)?))
+        Ok(RedbSnapshot(self.db.get()?.begin_read().map_err(map_err)?))
     }
 }
 

@@ -314,6 +314,29 @@ pub async fn digests(config: &Config, table: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `shoal local-items`: what this node stores under a K2V partition key, as JSON
+/// `{"partition": P, "items": [{"sk": .., "values": [hex or null, ..]}, ..]}`.
+pub async fn local_items(config: &Config, bucket: &str, pk: &str) -> anyhow::Result<()> {
+    let client = AdminClient::connect(config).await?;
+    let local: shoal_api::service::LocalItems =
+        client.call("api.local.items", rmp(&(bucket, pk))).await?;
+    let items: Vec<serde_json::Value> = local
+        .items
+        .iter()
+        .map(|i| {
+            serde_json::json!({
+                "sk": i.sk,
+                "values": i.values.iter().map(|v| v.as_ref().map(hex::encode)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({"partition": local.partition, "items": items})
+    );
+    Ok(())
+}
+
 fn rmp<V: serde::Serialize>(v: &V) -> Vec<u8> {
     rmp_serde::to_vec_named(v).expect("requests encode")
 }

@@ -84,6 +84,17 @@ enum Command {
         #[arg(long, default_value = "kv")]
         table: String,
     },
+    /// The K2V items this node stores itself under one partition key of a bucket, as JSON
+    /// (read locally, no quorum: for checking each replica).
+    #[command(hide = true)]
+    LocalItems {
+        /// The bucket.
+        #[arg(long)]
+        bucket: String,
+        /// The partition key.
+        #[arg(long)]
+        pk: String,
+    },
     /// This node's id.
     Node {
         #[command(subcommand)]
@@ -287,6 +298,10 @@ fn main() -> anyhow::Result<()> {
         Command::Get { pk, sk } => {
             let c = config(&cli.config)?;
             rt()?.block_on(cli::get(&c, &pk, &sk))
+        }
+        Command::LocalItems { bucket, pk } => {
+            let c = config(&cli.config)?;
+            rt()?.block_on(cli::local_items(&c, &bucket, &pk))
         }
         Command::Digests { table } => {
             let c = config(&cli.config)?;
