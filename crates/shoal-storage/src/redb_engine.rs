@@ -359,8 +359,44 @@ fn writer_loop(
     options: RedbOptions,
     counters: &Counters,
 ) {
+    // Set when an I/O error poisoned the handle and the reopen has not happened yet: the
+    // writer then wakes every second to reopen by itself, since readers fail on a poisoned
+    // handle and no write may come to trigger it.
+    let mut poisoned: Option<StorageError> = None;
     let mut last_reopen: Option<std::time::Instant> = None;
-    while let Ok(first) = rx.recv() {
+    let second = std::time::Duration::from_secs(1);
+    loop {
+        let first = if poisoned.is_some() {
+            match rx.recv_timeout(second) {
+                Ok(p) => Some(p),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(p) => Some(p),
+                Err(_) => break,
+            }
+        };
+        if let Some(cause) = &poisoned
+            && last_reopen.is_none_or(|t| t.elapsed() >= second)
+        {
+            // An I/O error poisons a redb handle for good: reopen (at most once a second while
+            // the cause, a full disk say, lasts), which recovers the last durable commit.
+            last_reopen = Some(std::time::Instant::now());
+            if let Ok(db) = slot.get() {
+                match slot.reopen(db) {
+                    Ok(()) => {
+                        warn!(path = %slot.path.display(), cause = %cause, "store reopened after an I/O error");
+                        poisoned = None;
+                    }
+                    Err(r) => {
+                        warn!(path = %slot.path.display(), cause = %cause, error = %r, "store reopen failed; retrying in a second")
+                    }
+                }
+            }
+        }
+        let Some(first) = first else { continue };
         let mut group = vec![first];
         while group.len() < options.max_group {
             match rx.try_recv() {
@@ -380,22 +416,7 @@ fn writer_loop(
             }
         };
         if let Err(e) = commit_group(&db, group, options.durability) {
-            // An I/O error poisons the handle for good: reopen (at most once a second while
-            // the cause, a full disk say, lasts), recovering the last durable commit.
-            let now = std::time::Instant::now();
-            if last_reopen
-                .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1))
-            {
-                last_reopen = Some(now);
-                match slot.reopen(db) {
-                    Ok(()) => {
-                        warn!(path = %slot.path.display(), cause = %e, "store reopened after an I/O error")
-                    }
-                    Err(r) => {
-                        warn!(path = %slot.path.display(), cause = %e, error = %r, "store reopen failed; retrying at the next write")
-                    }
-                }
-            }
+            poisoned = Some(e);
         }
     }
     debug!("store writer stopped");
