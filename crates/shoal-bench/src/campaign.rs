@@ -291,6 +291,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One node's items under one partition key: sort key → values (hex; `None`: a deletion).
+type Holding = BTreeMap<String, Vec<Option<String>>>;
+
 struct Check {
     /// Acknowledged writes on no replica at all.
     lost: usize,
@@ -317,8 +320,7 @@ fn check(
             .position(|n| id.starts_with(&n.id) || n.id.starts_with(id))
     };
     // Local contents of each partition key on each node.
-    let mut holdings: BTreeMap<(usize, String), (u8, BTreeMap<String, Vec<Option<String>>>)> =
-        BTreeMap::new();
+    let mut holdings: BTreeMap<(usize, String), (u8, Holding)> = BTreeMap::new();
     for k in 0..cluster.nodes.len() {
         for p in 0..PARTITION_KEYS {
             let pk = format!("p{p}");

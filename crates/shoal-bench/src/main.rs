@@ -2,6 +2,7 @@
 //! figures can be compared across machines and commits.
 
 mod campaign;
+mod cluster;
 mod insert;
 mod load;
 mod negentropy_baseline;
@@ -29,6 +30,9 @@ enum Command {
     /// The real-process fault campaign (5 nodes, load, faults, checks); see
     /// scripts/fault-campaign.sh, which prepares what it needs (root).
     Campaign(campaign::Args),
+    /// Three-node Shoal vs Garage vs etcd on loopback: writes, reads, catch-up, repair (root:
+    /// iptables byte counters). Prepare the peers with bench/prepare-peers.sh.
+    Cluster(cluster::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,5 +41,6 @@ fn main() -> anyhow::Result<()> {
         Command::Sync(args) => sync::run(&args),
         Command::Insert(args) => insert::run(&args),
         Command::Campaign(args) => campaign::run(&args),
+        Command::Cluster(args) => cluster::run(&args),
     }
 }

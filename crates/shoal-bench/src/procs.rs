@@ -53,16 +53,6 @@ impl ShoalNode {
         format!("http://{}:{}", self.spec.ip, self.spec.rpc_port + 1000)
     }
 
-    /// Its RPC address.
-    pub fn rpc_addr(&self) -> String {
-        format!("{}:{}", self.spec.ip, self.spec.rpc_port)
-    }
-
-    /// Its admin address.
-    pub fn admin_addr(&self) -> String {
-        format!("{}:{}", self.spec.ip, self.spec.rpc_port + 2000)
-    }
-
     /// Whether its process runs.
     pub fn running(&self) -> bool {
         self.child.is_some()

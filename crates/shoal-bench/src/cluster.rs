@@ -1,0 +1,882 @@
+//! Three-node clusters side by side: Shoal, Garage (K2V, `metadata_fsync` false and true) and
+//! etcd, each started here on loopback, driven through its own client API with the same
+//! workload: writes and reads of 100-byte values at 1, 16 and 64 concurrent clients; then, for
+//! Shoal, catch-up of a node that missed writes and repair of a wiped node (time and bytes).
+//!
+//! Prepare the peers once with `bench/prepare-peers.sh`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use k2v_client::{BatchInsertOp, K2vClient, K2vClientConfig, K2vValue};
+use serde_json::json;
+
+use crate::procs::{NodeSpec, ShoalCluster, hex32};
+
+/// Arguments of `shoal-bench cluster`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Peers to compare with: garage, etcd (comma-separated; none: Shoal alone).
+    #[arg(long, value_delimiter = ',', default_value = "garage,etcd")]
+    peers: Vec<String>,
+    /// Print only JSON lines.
+    #[arg(long)]
+    json: bool,
+    /// Seconds per load figure.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Runs per figure (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Concurrent clients.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    clients: Vec<usize>,
+    /// Items written while a node is stopped (catch-up).
+    #[arg(long, default_value_t = 10_000)]
+    catch_up_items: usize,
+    /// Items in the cluster when a node is wiped (repair).
+    #[arg(long, default_value_t = 1_000_000)]
+    repair_items: usize,
+    /// Working directory.
+    #[arg(long, default_value = "/tmp/shoal-bench-cluster")]
+    dir: PathBuf,
+}
+
+const VALUE: usize = 100;
+const PARTITION_KEYS: usize = 16;
+
+/// One system under test: how to write and read one item.
+#[derive(Clone)]
+enum Target {
+    K2v(Arc<Vec<K2vClient>>),
+    Etcd(
+        Arc<Vec<String>>,
+        hyper::Client<hyper::client::HttpConnector>,
+    ),
+}
+
+impl Target {
+    async fn write(&self, client: usize, key: &str, value: Vec<u8>) -> anyhow::Result<()> {
+        match self {
+            Target::K2v(c) => {
+                let (pk, sk) = split(key);
+                c[client % c.len()]
+                    .insert_item(&pk, sk, value, None)
+                    .await?;
+                Ok(())
+            }
+            Target::Etcd(urls, http) => {
+                use base64::Engine;
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let body = json!({"key": b64.encode(key), "value": b64.encode(value)});
+                etcd_call(http, &urls[client % urls.len()], "put", body).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn read(&self, client: usize, key: &str) -> anyhow::Result<()> {
+        match self {
+            Target::K2v(c) => {
+                let (pk, sk) = split(key);
+                let v = c[client % c.len()].read_item(&pk, sk).await?;
+                if !matches!(v.value.first(), Some(K2vValue::Value(b)) if b.len() == VALUE) {
+                    bail!("{key}: unexpected value");
+                }
+                Ok(())
+            }
+            Target::Etcd(urls, http) => {
+                use base64::Engine;
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let r = etcd_call(
+                    http,
+                    &urls[client % urls.len()],
+                    "range",
+                    json!({"key": b64.encode(key)}),
+                )
+                .await?;
+                if r["kvs"].as_array().is_none_or(|a| a.is_empty()) {
+                    bail!("{key}: not found");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes `n` items `key(i)` quickly (batches where the API has them).
+    async fn fill(&self, n: usize, key: impl Fn(usize) -> String) -> anyhow::Result<()> {
+        let value = vec![b'v'; VALUE];
+        match self {
+            Target::K2v(c) => {
+                let keys: Vec<(String, String)> = (0..n)
+                    .map(|i| {
+                        let k = key(i);
+                        let (pk, sk) = split(&k);
+                        (pk, sk.to_string())
+                    })
+                    .collect();
+                let mut tasks = tokio::task::JoinSet::new();
+                for (j, chunk) in keys.chunks(500).enumerate() {
+                    let (c, chunk, value) = (c.clone(), chunk.to_vec(), value.clone());
+                    tasks.spawn(async move {
+                        let ops: Vec<BatchInsertOp<'_>> = chunk
+                            .iter()
+                            .map(|(pk, sk)| BatchInsertOp {
+                                partition_key: pk,
+                                sort_key: sk,
+                                causality: None,
+                                value: K2vValue::Value(value.clone()),
+                            })
+                            .collect();
+                        c[j % c.len()].insert_batch(&ops).await
+                    });
+                    while tasks.len() >= 8 {
+                        tasks.join_next().await.expect("task")??;
+                    }
+                }
+                while let Some(r) = tasks.join_next().await {
+                    r??;
+                }
+                Ok(())
+            }
+            Target::Etcd(..) => {
+                let mut tasks = tokio::task::JoinSet::new();
+                for i in 0..n {
+                    let (t, k, v) = (self.clone(), key(i), value.clone());
+                    tasks.spawn(async move { t.write(i, &k, v).await });
+                    while tasks.len() >= 64 {
+                        tasks.join_next().await.expect("task")??;
+                    }
+                }
+                while let Some(r) = tasks.join_next().await {
+                    r??;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// "pN/rest" → ("pN", "rest").
+fn split(key: &str) -> (String, &str) {
+    match key.split_once('/') {
+        Some((pk, sk)) => (pk.to_string(), sk),
+        None => ("p0".to_string(), key),
+    }
+}
+
+async fn etcd_call(
+    http: &hyper::Client<hyper::client::HttpConnector>,
+    base: &str,
+    op: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let req = hyper::Request::post(format!("{base}/v3/kv/{op}"))
+        .header("content-type", "application/json")
+        .body(hyper::Body::from(body.to_string()))?;
+    let res = http.request(req).await?;
+    let status = res.status();
+    let bytes = hyper::body::to_bytes(res.into_body()).await?;
+    if !status.is_success() {
+        bail!("etcd {op}: {status} {}", String::from_utf8_lossy(&bytes));
+    }
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    Write,
+    Read,
+}
+
+struct LoadFigures {
+    ops_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    errors: usize,
+}
+
+async fn load(
+    target: &Target,
+    op: Op,
+    clients: usize,
+    seconds: u64,
+    run: usize,
+    existing: usize,
+) -> LoadFigures {
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let target = target.clone();
+        tasks.spawn(async move {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand::rngs::StdRng::seed_from_u64((run * 1000 + c) as u64);
+            let (mut lat, mut errors, mut seq) = (Vec::new(), 0usize, 0usize);
+            while Instant::now() < stop {
+                seq += 1;
+                let t0 = Instant::now();
+                let r = match op {
+                    Op::Write => {
+                        let key = format!("p{}/w{run}-{c}-{seq}", seq % PARTITION_KEYS);
+                        let mut value = vec![b'x'; VALUE];
+                        rng.fill(&mut value[..8]);
+                        target.write(c, &key, value).await
+                    }
+                    Op::Read => {
+                        target
+                            .read(c, &item_key(rng.random_range(0..existing)))
+                            .await
+                    }
+                };
+                match r {
+                    Ok(()) => lat.push(t0.elapsed().as_micros() as u32),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        });
+    }
+    let started = Instant::now();
+    let (mut all, mut errors) = (Vec::new(), 0);
+    while let Some(r) = tasks.join_next().await {
+        if let Ok((l, e)) = r {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(seconds as f64);
+    all.sort_unstable();
+    let q = |f: f64| {
+        if all.is_empty() {
+            f64::NAN
+        } else {
+            all[((all.len() as f64 * f) as usize).min(all.len() - 1)] as f64 / 1000.0
+        }
+    };
+    LoadFigures {
+        ops_per_sec: all.len() as f64 / elapsed,
+        p50_ms: q(0.50),
+        p99_ms: q(0.99),
+        p999_ms: q(0.999),
+        errors,
+    }
+}
+
+fn item_key(i: usize) -> String {
+    format!("p{}/item{i:08}", i % PARTITION_KEYS)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Runs the whole comparison.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    let emit = |row: serde_json::Value, rows: &mut Vec<serde_json::Value>| {
+        println!("{row}");
+        rows.push(row);
+    };
+    let _ = std::fs::remove_dir_all(&args.dir);
+    std::fs::create_dir_all(&args.dir)?;
+
+    // Shoal: every write is durable (fsync before the acknowledgement).
+    {
+        let dir = args.dir.join("shoal");
+        let specs: Vec<NodeSpec> = (0..3)
+            .map(|k| NodeSpec {
+                ip: format!("127.0.0.{}", 21 + k),
+                rpc_port: 25901,
+                data_dir: dir.join(format!("node{}", k + 1)),
+            })
+            .collect();
+        let mut cluster = ShoalCluster::start(&dir, specs, 3, "bench")?;
+        let (id, secret, bucket) = cluster.k2v.clone().context("credentials")?;
+        let target = k2v_target(
+            cluster.nodes.iter().map(|n| n.api_endpoint()).collect(),
+            &id,
+            &secret,
+            &bucket,
+            "shoal",
+        )?;
+        for row in load_scenarios(
+            &rt,
+            args,
+            "shoal",
+            "durable (fsync per group commit)",
+            &target,
+        )? {
+            emit(row, &mut rows);
+        }
+        for row in shoal_catch_up_and_repair(&rt, args, &mut cluster, &target)? {
+            emit(row, &mut rows);
+        }
+        cluster.shutdown();
+    }
+    for peer in &args.peers {
+        match peer.as_str() {
+            "garage" => {
+                for fsync in [false, true] {
+                    let mut g =
+                        Garage::start(&args.dir.join(format!("garage-fsync-{fsync}")), fsync)?;
+                    let target =
+                        k2v_target(g.endpoints(), &g.key_id, &g.secret, "bench", "garage")?;
+                    let mode = if fsync {
+                        "metadata_fsync = true (durable; compare with Shoal)"
+                    } else {
+                        "metadata_fsync = false (default; not durable at acknowledgement)"
+                    };
+                    let name = if fsync { "garage-fsync" } else { "garage" };
+                    for row in load_scenarios(&rt, args, name, mode, &target)? {
+                        emit(row, &mut rows);
+                    }
+                    g.stop();
+                }
+            }
+            "etcd" => {
+                let mut e = Etcd::start(&args.dir.join("etcd"))?;
+                let target = Target::Etcd(Arc::new(e.endpoints()), hyper::Client::new());
+                for row in load_scenarios(&rt, args, "etcd", "durable (raft log fsync)", &target)? {
+                    emit(row, &mut rows);
+                }
+                e.stop();
+            }
+            other => bail!("unknown peer {other} (garage, etcd)"),
+        }
+    }
+    if !args.json {
+        // The same figures as a table, for reading.
+        println!("| system | scenario | clients | ops/s | p50 ms | p99 ms | p99.9 ms | errors |");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|");
+        for r in rows.iter().filter(|r| r["ops_per_sec"].is_number()) {
+            println!(
+                "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {} |",
+                r["system"].as_str().unwrap_or(""),
+                r["scenario"].as_str().unwrap_or(""),
+                r["clients"],
+                r["ops_per_sec"],
+                r["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                r["p99_ms"].as_f64().unwrap_or(f64::NAN),
+                r["p999_ms"].as_f64().unwrap_or(f64::NAN),
+                r["errors"]
+            );
+        }
+        for r in rows.iter().filter(|r| r["bytes"].is_number()) {
+            println!(
+                "{} {} of {} items: {:.2} s, {:.1} MB on its RPC address",
+                r["system"].as_str().unwrap_or(""),
+                r["scenario"].as_str().unwrap_or(""),
+                r["items"],
+                r["seconds"].as_f64().unwrap_or(f64::NAN),
+                r["bytes"].as_f64().unwrap_or(f64::NAN) / 1e6
+            );
+        }
+    }
+    // Ratios Shoal / peer, same scenario and concurrency.
+    for r in rows
+        .iter()
+        .filter(|r| r["system"] == "shoal" && r["ops_per_sec"].is_number())
+    {
+        for p in rows.iter().filter(|p| {
+            p["system"] != "shoal" && p["scenario"] == r["scenario"] && p["clients"] == r["clients"]
+        }) {
+            let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "{}",
+                json!({
+                    "ratio": format!("shoal/{}", p["system"].as_str().unwrap_or("?")),
+                    "scenario": r["scenario"], "clients": r["clients"],
+                    "throughput": f(r, "ops_per_sec") / f(p, "ops_per_sec"),
+                    "p99": f(r, "p99_ms") / f(p, "p99_ms"),
+                })
+            );
+        }
+    }
+    Ok(())
+}
+
+fn k2v_target(
+    endpoints: Vec<String>,
+    id: &str,
+    secret: &str,
+    bucket: &str,
+    region: &str,
+) -> anyhow::Result<Target> {
+    let clients = endpoints
+        .into_iter()
+        .map(|endpoint| {
+            K2vClient::new(K2vClientConfig {
+                endpoint,
+                region: region.into(),
+                aws_access_key_id: id.into(),
+                aws_secret_access_key: secret.into(),
+                bucket: bucket.into(),
+                user_agent: None,
+            })
+            .map_err(|e| anyhow::anyhow!("k2v client: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Target::K2v(Arc::new(clients)))
+}
+
+fn load_scenarios(
+    rt: &tokio::runtime::Runtime,
+    args: &Args,
+    system: &str,
+    durability: &str,
+    target: &Target,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut rows = Vec::new();
+    let existing = 10_000;
+    rt.block_on(target.fill(existing, item_key))
+        .with_context(|| format!("{system}: writing the items to read"))?;
+    for op in [Op::Write, Op::Read] {
+        for &clients in &args.clients {
+            let runs: Vec<LoadFigures> = (0..args.runs)
+                .map(|run| rt.block_on(load(target, op, clients, args.seconds, run, existing)))
+                .collect();
+            let m = |f: fn(&LoadFigures) -> f64| median(runs.iter().map(f).collect());
+            let row = json!({
+                "system": system, "durability": durability,
+                "scenario": if op == Op::Write { "writes" } else { "reads" },
+                "clients": clients, "runs": args.runs, "seconds": args.seconds,
+                "value_bytes": VALUE,
+                "ops_per_sec": m(|r| r.ops_per_sec).round(),
+                "p50_ms": m(|r| r.p50_ms), "p99_ms": m(|r| r.p99_ms), "p999_ms": m(|r| r.p999_ms),
+                "errors": runs.iter().map(|r| r.errors).sum::<usize>(),
+            });
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+/// Catch-up (node 3 stopped while items are written) and repair (node 3 wiped), measured on
+/// node 3: seconds until its own store holds every item, and bytes on its RPC address
+/// (iptables counters, both directions).
+fn shoal_catch_up_and_repair(
+    rt: &tokio::runtime::Runtime,
+    args: &Args,
+    cluster: &mut ShoalCluster,
+    target: &Target,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut rows = Vec::new();
+    let node3_ip = cluster.nodes[2].spec.ip.clone();
+    let counter = ByteCounter::install(&node3_ip)?;
+    // Writes go through nodes 1 and 2 only.
+    let (id, secret, bucket) = cluster.k2v.clone().context("credentials")?;
+    let two = k2v_target(
+        cluster.nodes[..2]
+            .iter()
+            .map(|n| n.api_endpoint())
+            .collect(),
+        &id,
+        &secret,
+        &bucket,
+        "shoal",
+    )?;
+    let base = local_count(cluster, 2)?;
+    let mut catch = Vec::new();
+    let mut catch_bytes = Vec::new();
+    for run in 0..args.runs {
+        cluster.stop(2);
+        let n = args.catch_up_items;
+        rt.block_on(two.fill(n, |i| format!("p{}/catch{run}-{i:08}", i % PARTITION_KEYS)))?;
+        let expected = base + (run + 1) * n;
+        counter.reset()?;
+        let t0 = Instant::now();
+        cluster.start_node(2)?;
+        wait_count(cluster, 2, expected, Duration::from_secs(300))?;
+        catch.push(t0.elapsed().as_secs_f64());
+        catch_bytes.push(counter.bytes()? as f64);
+    }
+    rows.push(json!({
+        "system": "shoal", "scenario": "catch-up", "items": args.catch_up_items, "runs": args.runs,
+        "seconds": median(catch.clone()), "bytes": median(catch_bytes.clone()),
+        "all_seconds": catch, "all_bytes": catch_bytes,
+    }));
+    // Repair of a wiped node holding `repair_items` items (on top of what is there).
+    let have = local_count(cluster, 0)?;
+    if args.repair_items > have {
+        rt.block_on(target.fill(args.repair_items - have, |i| {
+            format!("p{}/repair{i:08}", i % PARTITION_KEYS)
+        }))?;
+    }
+    let total = args.repair_items.max(have);
+    wait_count(cluster, 2, total, Duration::from_secs(600))?;
+    let mut rep = Vec::new();
+    let mut rep_bytes = Vec::new();
+    for _ in 0..args.runs {
+        cluster.stop(2);
+        cluster.wipe_data(2)?;
+        counter.reset()?;
+        let t0 = Instant::now();
+        cluster.start_node(2)?;
+        wait_count(cluster, 2, total, Duration::from_secs(1800))?;
+        rep.push(t0.elapsed().as_secs_f64());
+        rep_bytes.push(counter.bytes()? as f64);
+    }
+    rows.push(json!({
+        "system": "shoal", "scenario": "repair", "items": total, "runs": args.runs,
+        "seconds": median(rep.clone()), "bytes": median(rep_bytes.clone()),
+        "all_seconds": rep, "all_bytes": rep_bytes,
+    }));
+    Ok(rows)
+}
+
+/// Items of the K2V table in node `k`'s own store (from `shoal status --json`).
+fn local_count(cluster: &ShoalCluster, k: usize) -> anyhow::Result<usize> {
+    let s: serde_json::Value = serde_json::from_str(&cluster.cli(k, &["status", "--json"])?)?;
+    Ok(s["tables"]["k2v"].as_u64().unwrap_or(0) as usize)
+}
+
+fn wait_count(
+    cluster: &ShoalCluster,
+    k: usize,
+    want: usize,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if local_count(cluster, k).unwrap_or(0) >= want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "node {} holds {} of {want} items after {within:?}",
+                k + 1,
+                local_count(cluster, k).unwrap_or(0)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// iptables counters of every packet to or from one loopback address.
+struct ByteCounter {
+    chain: String,
+}
+
+impl ByteCounter {
+    fn install(ip: &str) -> anyhow::Result<Self> {
+        let chain = "SHOAL_BENCH_BYTES".to_string();
+        let _ = ipt(&["-D", "OUTPUT", "-j", &chain]);
+        let _ = ipt(&["-F", &chain]);
+        let _ = ipt(&["-X", &chain]);
+        ipt(&["-N", &chain])?;
+        ipt(&["-I", "OUTPUT", "-j", &chain])?;
+        // RPC traffic only: the node's RPC port on its address, either direction.
+        ipt(&[
+            "-A",
+            &chain,
+            "-s",
+            ip,
+            "-p",
+            "tcp",
+            "-m",
+            "multiport",
+            "--ports",
+            "25901",
+        ])?;
+        ipt(&[
+            "-A",
+            &chain,
+            "-d",
+            ip,
+            "-p",
+            "tcp",
+            "-m",
+            "multiport",
+            "--ports",
+            "25901",
+        ])?;
+        Ok(ByteCounter { chain })
+    }
+
+    fn reset(&self) -> anyhow::Result<()> {
+        ipt(&["-Z", &self.chain])
+    }
+
+    fn bytes(&self) -> anyhow::Result<u64> {
+        let out = Command::new("iptables")
+            .args(["-L", &self.chain, "-v", "-x", "-n"])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum())
+    }
+}
+
+impl Drop for ByteCounter {
+    fn drop(&mut self) {
+        let _ = ipt(&["-D", "OUTPUT", "-j", &self.chain]);
+        let _ = ipt(&["-F", &self.chain]);
+        let _ = ipt(&["-X", &self.chain]);
+    }
+}
+
+fn ipt(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("iptables")
+        .args(args)
+        .output()
+        .context("iptables")?;
+    if !out.status.success() {
+        bail!(
+            "iptables {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A three-node Garage cluster on 127.0.0.1.
+struct Garage {
+    bin: PathBuf,
+    configs: Vec<PathBuf>,
+    children: Vec<Child>,
+    key_id: String,
+    secret: String,
+}
+
+impl Garage {
+    fn start(dir: &Path, fsync: bool) -> anyhow::Result<Self> {
+        let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/.peers/bin/garage");
+        if !bin.exists() {
+            bail!("{} is missing: run bench/prepare-peers.sh", bin.display());
+        }
+        std::fs::create_dir_all(dir)?;
+        let secret = hex32();
+        let mut configs = Vec::new();
+        let mut children = Vec::new();
+        for k in 0..3 {
+            let node = dir.join(format!("node{}", k + 1));
+            std::fs::create_dir_all(&node)?;
+            let port = 26901 + 10 * k as u16;
+            let config = dir.join(format!("node{}.toml", k + 1));
+            std::fs::write(
+                &config,
+                format!(
+                    "metadata_dir = \"{n}/meta\"\ndata_dir = \"{n}/data\"\ndb_engine = \"lmdb\"\n\
+                     metadata_fsync = {fsync}\nreplication_factor = 3\n\
+                     rpc_bind_addr = \"127.0.0.1:{port}\"\nrpc_public_addr = \"127.0.0.1:{port}\"\n\
+                     rpc_secret = \"{secret}\"\n\n[s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{}\"\n\n\
+                     [k2v_api]\napi_bind_addr = \"127.0.0.1:{}\"\n\n[admin]\napi_bind_addr = \"127.0.0.1:{}\"\n",
+                    port + 1,
+                    port + 2,
+                    port + 3,
+                    n = node.display(),
+                ),
+            )?;
+            let log = std::fs::File::create(dir.join(format!("node{}.log", k + 1)))?;
+            children.push(
+                Command::new(&bin)
+                    .arg("-c")
+                    .arg(&config)
+                    .arg("server")
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .stdin(Stdio::null())
+                    .spawn()?,
+            );
+            configs.push(config);
+        }
+        let mut g = Garage {
+            bin,
+            configs,
+            children,
+            key_id: String::new(),
+            secret: String::new(),
+        };
+        std::thread::sleep(Duration::from_secs(2));
+        let mut ids = Vec::new();
+        for k in 0..3 {
+            let out = g.cli(k, &["node", "id", "-q"])?;
+            ids.push(out.trim().to_string());
+        }
+        for id in &ids[1..] {
+            g.cli(0, &["node", "connect", id])?;
+        }
+        for (k, id) in ids.iter().enumerate() {
+            let short = id.split('@').next().unwrap_or("");
+            g.cli(
+                0,
+                &[
+                    "layout",
+                    "assign",
+                    "-z",
+                    &format!("z{}", k + 1),
+                    "-c",
+                    "10G",
+                    short,
+                ],
+            )?;
+        }
+        g.cli(0, &["layout", "apply", "--version", "1"])?;
+        g.cli(0, &["bucket", "create", "bench"])?;
+        let out = g.cli(0, &["key", "create", "bench-key"])?;
+        for line in out.lines() {
+            let l = line.trim();
+            if let Some(v) = l.strip_prefix("Key ID:") {
+                g.key_id = v.trim().to_string();
+            }
+            if let Some(v) = l.strip_prefix("Secret key:") {
+                g.secret = v.trim().to_string();
+            }
+        }
+        if g.key_id.is_empty() || g.secret.is_empty() {
+            bail!("garage key create printed no key: {out}");
+        }
+        g.cli(
+            0,
+            &[
+                "bucket",
+                "allow",
+                "--read",
+                "--write",
+                "bench",
+                "--key",
+                "bench-key",
+            ],
+        )?;
+        std::thread::sleep(Duration::from_secs(2));
+        Ok(g)
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        (0..3)
+            .map(|k| format!("http://127.0.0.1:{}", 26901 + 10 * k + 2))
+            .collect()
+    }
+
+    fn cli(&self, k: usize, args: &[&str]) -> anyhow::Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new(&self.bin)
+                .arg("-c")
+                .arg(&self.configs[k])
+                .args(args)
+                .output()?;
+            if out.status.success() {
+                return Ok(String::from_utf8_lossy(&out.stdout).to_string());
+            }
+            if Instant::now() > deadline {
+                bail!("garage {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn stop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A three-member etcd cluster on 127.0.0.1.
+struct Etcd {
+    children: Vec<Child>,
+}
+
+impl Etcd {
+    fn start(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let peer = |k: usize| format!("http://127.0.0.1:{}", 27901 + 10 * k + 1);
+        let initial: Vec<String> = (0..3).map(|k| format!("e{k}={}", peer(k))).collect();
+        let mut children = Vec::new();
+        for k in 0..3 {
+            let log = std::fs::File::create(dir.join(format!("e{k}.log")))?;
+            children.push(
+                Command::new("etcd")
+                    .args(["--name", &format!("e{k}")])
+                    .arg("--data-dir")
+                    .arg(dir.join(format!("e{k}")))
+                    .args([
+                        "--listen-peer-urls",
+                        &peer(k),
+                        "--initial-advertise-peer-urls",
+                        &peer(k),
+                    ])
+                    .args([
+                        "--listen-client-urls",
+                        &format!("http://127.0.0.1:{}", 27901 + 10 * k),
+                        "--advertise-client-urls",
+                        &format!("http://127.0.0.1:{}", 27901 + 10 * k),
+                    ])
+                    .args([
+                        "--initial-cluster",
+                        &initial.join(","),
+                        "--initial-cluster-state",
+                        "new",
+                    ])
+                    .args(["--initial-cluster-token", "shoal-bench"])
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .context("starting etcd (bench/prepare-peers.sh installs it)")?,
+            );
+        }
+        let e = Etcd { children };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args([
+                    "--endpoints",
+                    &e.endpoints().join(","),
+                    "endpoint",
+                    "health",
+                ])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                return Ok(e);
+            }
+            if Instant::now() > deadline {
+                bail!("etcd did not become healthy");
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        (0..3)
+            .map(|k| format!("http://127.0.0.1:{}", 27901 + 10 * k))
+            .collect()
+    }
+
+    fn stop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
