@@ -129,7 +129,15 @@ impl ShoalCluster {
             cluster.start_node(k)?;
         }
         for k in 0..cluster.nodes.len() {
-            let out = cluster.cli(k, &["node", "id"])?;
+            // The server writes its key at start: wait for it.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let out = loop {
+                match cluster.cli(k, &["node", "id"]) {
+                    Ok(out) => break out,
+                    Err(e) if Instant::now() > deadline => return Err(e),
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            };
             cluster.nodes[k].id = out.trim().split('@').next().unwrap_or("").to_string();
         }
         cluster.wait_all_up(Duration::from_secs(30))?;
