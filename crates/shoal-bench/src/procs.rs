@@ -144,10 +144,18 @@ impl ShoalCluster {
         for k in 0..cluster.nodes.len() {
             let id = cluster.nodes[k].id.clone();
             let zone = format!("z{}", k + 1);
-            cluster.cli(
-                0,
-                &["layout", "assign", &id, "--zone", &zone, "--capacity", "1"],
-            )?;
+            // Membership may lag the status a moment: retry.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                match cluster.cli(
+                    0,
+                    &["layout", "assign", &id, "--zone", &zone, "--capacity", "1"],
+                ) {
+                    Ok(_) => break,
+                    Err(e) if Instant::now() > deadline => return Err(e),
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
         }
         cluster.cli(0, &["layout", "apply"])?;
         let key: serde_json::Value =

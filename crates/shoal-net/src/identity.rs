@@ -112,12 +112,23 @@ impl NodeKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(data_dir).map_err(io)?;
                 let key = NodeKey::generate();
-                let tmp = path.with_extension("tmp");
+                // Two processes may create the key at once (a server starting while the CLI
+                // asks its id): each writes its own temporary file and links it into place,
+                // which fails if the other won; the loser then reads the winner's key, so both
+                // use the key on disk.
+                let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
                 let mut bytes = key.private.to_vec();
                 bytes.extend_from_slice(&key.public);
                 write_private(&tmp, &bytes).map_err(io)?;
-                std::fs::rename(&tmp, &path).map_err(io)?;
-                Ok(key)
+                let linked = std::fs::hard_link(&tmp, &path);
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => Ok(key),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Self::load_or_create(data_dir)
+                    }
+                    Err(e) => Err(io(e)),
+                }
             }
             Err(e) => Err(io(e)),
         }
