@@ -40,6 +40,15 @@ pub struct Args {
     /// Items in the cluster when a node is wiped (repair).
     #[arg(long, default_value_t = 1_000_000)]
     repair_items: usize,
+    /// Longest wait for a catch-up or repair figure (Garage's anti-entropy runs every 10 min).
+    #[arg(long, default_value_t = 660)]
+    cap: u64,
+    /// Only the load scenarios (no catch-up, no repair).
+    #[arg(long)]
+    skip_sync_scenarios: bool,
+    /// Only the catch-up and repair scenarios.
+    #[arg(long)]
+    skip_load: bool,
     /// Working directory.
     #[arg(long, default_value = "/tmp/shoal-bench-cluster")]
     dir: PathBuf,
@@ -317,12 +326,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         )? {
             emit(row, &mut rows);
         }
-        for row in shoal_catch_up_and_repair(&rt, args, &mut cluster, &target)? {
-            emit(row, &mut rows);
+        if !args.skip_sync_scenarios {
+            for row in catch_up_and_repair(
+                &rt,
+                args,
+                &mut ShoalReplicas(&mut cluster),
+                &target,
+                Duration::from_secs(args.cap),
+            )? {
+                emit(row, &mut rows);
+            }
         }
         cluster.shutdown();
     }
-    for peer in &args.peers {
+    for peer in args.peers.iter().filter(|p| !p.is_empty()) {
         match peer.as_str() {
             "garage" => {
                 for fsync in [false, true] {
@@ -338,6 +355,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     let name = if fsync { "garage-fsync" } else { "garage" };
                     for row in load_scenarios(&rt, args, name, mode, &target)? {
                         emit(row, &mut rows);
+                    }
+                    if !fsync && !args.skip_sync_scenarios {
+                        // Catch-up and repair do not depend on fsync: measured once, on the
+                        // default configuration.
+                        for row in catch_up_and_repair(
+                            &rt,
+                            args,
+                            &mut GarageReplicas(&mut g),
+                            &target,
+                            Duration::from_secs(args.cap),
+                        )? {
+                            emit(row, &mut rows);
+                        }
                     }
                     g.stop();
                 }
@@ -436,6 +466,9 @@ fn load_scenarios(
     target: &Target,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut rows = Vec::new();
+    if args.skip_load {
+        return Ok(rows);
+    }
     let existing = 10_000;
     rt.block_on(target.fill(existing, item_key))
         .with_context(|| format!("{system}: writing the items to read"))?;
@@ -460,144 +493,192 @@ fn load_scenarios(
     Ok(rows)
 }
 
-/// Catch-up (node 3 stopped while items are written) and repair (node 3 wiped), measured on
-/// node 3: seconds until its own store holds every item, and bytes on its RPC address
-/// (iptables counters, both directions).
-fn shoal_catch_up_and_repair(
+/// What catch-up and repair need from a three-node system: stop, start and wipe node 3, count
+/// what node 3's own store holds, and write through nodes 1 and 2 only.
+trait Replicas {
+    fn name(&self) -> &'static str;
+    /// The RPC ports of all three nodes (bytes are counted on them).
+    fn rpc_ports(&self) -> String;
+    fn stop_node3(&mut self) -> anyhow::Result<()>;
+    fn start_node3(&mut self) -> anyhow::Result<()>;
+    /// Deletes node 3's data but its identity (node 3 stopped).
+    fn wipe_node3(&mut self) -> anyhow::Result<()>;
+    /// What an operator runs after bringing a wiped node back (nothing, for Shoal).
+    fn repair_node3(&mut self) -> anyhow::Result<()>;
+    /// K2V items in node `k`'s own store.
+    fn count(&self, k: usize) -> anyhow::Result<usize>;
+    /// A client of nodes 1 and 2 only.
+    fn first_two(&self) -> anyhow::Result<Target>;
+}
+
+struct ShoalReplicas<'a>(&'a mut ShoalCluster);
+
+impl Replicas for ShoalReplicas<'_> {
+    fn name(&self) -> &'static str {
+        "shoal"
+    }
+    fn rpc_ports(&self) -> String {
+        self.0.nodes[0].spec.rpc_port.to_string()
+    }
+    fn stop_node3(&mut self) -> anyhow::Result<()> {
+        self.0.stop(2);
+        Ok(())
+    }
+    fn start_node3(&mut self) -> anyhow::Result<()> {
+        self.0.start_node(2)
+    }
+    fn wipe_node3(&mut self) -> anyhow::Result<()> {
+        self.0.wipe_data(2)
+    }
+    fn repair_node3(&mut self) -> anyhow::Result<()> {
+        // A wiped node comes back empty; its syncer's start-up scan repairs it by itself.
+        Ok(())
+    }
+    fn count(&self, k: usize) -> anyhow::Result<usize> {
+        let s: serde_json::Value = serde_json::from_str(&self.0.cli(k, &["status", "--json"])?)?;
+        Ok(s["tables"]["k2v"].as_u64().unwrap_or(0) as usize)
+    }
+    fn first_two(&self) -> anyhow::Result<Target> {
+        let (id, secret, bucket) = self.0.k2v.clone().context("credentials")?;
+        k2v_target(
+            self.0.nodes[..2].iter().map(|n| n.api_endpoint()).collect(),
+            &id,
+            &secret,
+            &bucket,
+            "shoal",
+        )
+    }
+}
+
+/// Catch-up (node 3 stopped while items are written through the others) and repair (node 3's
+/// data wiped with `repair_items` items in the cluster): seconds from node 3's restart until its
+/// own store holds every item, and bytes on the three nodes' RPC ports meanwhile (iptables).
+/// A figure not reached within `cap` is reported as such.
+fn catch_up_and_repair(
     rt: &tokio::runtime::Runtime,
     args: &Args,
-    cluster: &mut ShoalCluster,
+    sys: &mut dyn Replicas,
     target: &Target,
+    cap: Duration,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut rows = Vec::new();
-    let node3_ip = cluster.nodes[2].spec.ip.clone();
-    let counter = ByteCounter::install(&node3_ip)?;
-    // Writes go through nodes 1 and 2 only.
-    let (id, secret, bucket) = cluster.k2v.clone().context("credentials")?;
-    let two = k2v_target(
-        cluster.nodes[..2]
-            .iter()
-            .map(|n| n.api_endpoint())
-            .collect(),
-        &id,
-        &secret,
-        &bucket,
-        "shoal",
-    )?;
-    let base = local_count(cluster, 2)?;
+    let counter = ByteCounter::install(&sys.rpc_ports())?;
+    let two = sys.first_two()?;
+    let name = sys.name();
     let mut catch = Vec::new();
     let mut catch_bytes = Vec::new();
+    let mut reached = true;
     for run in 0..args.runs {
-        cluster.stop(2);
+        let base = sys.count(0)?;
+        sys.stop_node3()?;
         let n = args.catch_up_items;
         rt.block_on(two.fill(n, |i| format!("p{}/catch{run}-{i:08}", i % PARTITION_KEYS)))?;
-        let expected = base + (run + 1) * n;
+        let expected = base + n;
         counter.reset()?;
         let t0 = Instant::now();
-        cluster.start_node(2)?;
-        wait_count(cluster, 2, expected, Duration::from_secs(300))?;
+        sys.start_node3()?;
+        let ok = wait_count(sys, expected, cap);
         catch.push(t0.elapsed().as_secs_f64());
         catch_bytes.push(counter.bytes()? as f64);
+        eprintln!(
+            "{name} catch-up run {run}: {:.2} s, caught up: {ok}",
+            t0.elapsed().as_secs_f64()
+        );
+        if !ok {
+            reached = false;
+            // Past the cap once is enough to know.
+            break;
+        }
     }
     rows.push(json!({
-        "system": "shoal", "scenario": "catch-up", "items": args.catch_up_items, "runs": args.runs,
+        "system": name, "scenario": "catch-up", "items": args.catch_up_items, "runs": catch.len(),
         "seconds": median(catch.clone()), "bytes": median(catch_bytes.clone()),
+        "complete": reached, "cap_seconds": cap.as_secs(),
         "all_seconds": catch, "all_bytes": catch_bytes,
     }));
-    // Repair of a wiped node holding `repair_items` items (on top of what is there).
-    let have = local_count(cluster, 0)?;
+    // Node 3 must be whole before the repair runs start.
+    if !reached {
+        sys.repair_node3()?;
+        wait_count(sys, sys.count(0)?, Duration::from_secs(1800));
+    }
+    let have = sys.count(0)?;
     if args.repair_items > have {
         rt.block_on(target.fill(args.repair_items - have, |i| {
             format!("p{}/repair{i:08}", i % PARTITION_KEYS)
         }))?;
     }
-    let total = args.repair_items.max(have);
-    wait_count(cluster, 2, total, Duration::from_secs(600))?;
+    let total = sys.count(0)?;
+    if !wait_count(sys, total, Duration::from_secs(1800)) {
+        bail!("{name}: node 3 never held the {total} items before the repair runs");
+    }
     let mut rep = Vec::new();
     let mut rep_bytes = Vec::new();
-    for _ in 0..args.runs {
-        cluster.stop(2);
-        cluster.wipe_data(2)?;
+    let mut complete = true;
+    for run in 0..args.runs {
+        sys.stop_node3()?;
+        sys.wipe_node3()?;
         counter.reset()?;
         let t0 = Instant::now();
-        cluster.start_node(2)?;
-        wait_count(cluster, 2, total, Duration::from_secs(1800))?;
+        sys.start_node3()?;
+        sys.repair_node3()?;
+        let ok = wait_count(sys, total, cap);
         rep.push(t0.elapsed().as_secs_f64());
         rep_bytes.push(counter.bytes()? as f64);
+        eprintln!(
+            "{name} repair run {run}: {:.2} s, whole: {ok}",
+            t0.elapsed().as_secs_f64()
+        );
+        if !ok {
+            complete = false;
+            break;
+        }
     }
     rows.push(json!({
-        "system": "shoal", "scenario": "repair", "items": total, "runs": args.runs,
+        "system": name, "scenario": "repair", "items": total, "runs": rep.len(),
         "seconds": median(rep.clone()), "bytes": median(rep_bytes.clone()),
+        "complete": complete, "cap_seconds": cap.as_secs(),
         "all_seconds": rep, "all_bytes": rep_bytes,
     }));
     Ok(rows)
 }
 
-/// Items of the K2V table in node `k`'s own store (from `shoal status --json`).
-fn local_count(cluster: &ShoalCluster, k: usize) -> anyhow::Result<usize> {
-    let s: serde_json::Value = serde_json::from_str(&cluster.cli(k, &["status", "--json"])?)?;
-    Ok(s["tables"]["k2v"].as_u64().unwrap_or(0) as usize)
-}
-
-fn wait_count(
-    cluster: &ShoalCluster,
-    k: usize,
-    want: usize,
-    within: Duration,
-) -> anyhow::Result<()> {
+/// Waits until node 3 holds `want` items; false if `within` passed first.
+fn wait_count(sys: &dyn Replicas, want: usize, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     loop {
-        if local_count(cluster, k).unwrap_or(0) >= want {
-            return Ok(());
+        if sys.count(2).unwrap_or(0) >= want {
+            return true;
         }
         if Instant::now() > deadline {
-            bail!(
-                "node {} holds {} of {want} items after {within:?}",
-                k + 1,
-                local_count(cluster, k).unwrap_or(0)
-            );
+            return false;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-/// iptables counters of every packet to or from one loopback address.
+/// iptables counters of every packet on some TCP ports (either direction; loopback packets
+/// cross OUTPUT once).
 struct ByteCounter {
     chain: String,
 }
 
 impl ByteCounter {
-    fn install(ip: &str) -> anyhow::Result<Self> {
+    fn install(ports: &str) -> anyhow::Result<Self> {
         let chain = "SHOAL_BENCH_BYTES".to_string();
         let _ = ipt(&["-D", "OUTPUT", "-j", &chain]);
         let _ = ipt(&["-F", &chain]);
         let _ = ipt(&["-X", &chain]);
         ipt(&["-N", &chain])?;
         ipt(&["-I", "OUTPUT", "-j", &chain])?;
-        // RPC traffic only: the node's RPC port on its address, either direction.
         ipt(&[
             "-A",
             &chain,
-            "-s",
-            ip,
             "-p",
             "tcp",
             "-m",
             "multiport",
             "--ports",
-            "25901",
-        ])?;
-        ipt(&[
-            "-A",
-            &chain,
-            "-d",
-            ip,
-            "-p",
-            "tcp",
-            "-m",
-            "multiport",
-            "--ports",
-            "25901",
+            ports,
         ])?;
         Ok(ByteCounter { chain })
     }
@@ -643,8 +724,9 @@ fn ipt(args: &[&str]) -> anyhow::Result<()> {
 /// A three-node Garage cluster on 127.0.0.1.
 struct Garage {
     bin: PathBuf,
+    dir: PathBuf,
     configs: Vec<PathBuf>,
-    children: Vec<Child>,
+    children: Vec<Option<Child>>,
     key_id: String,
     secret: String,
 }
@@ -678,26 +760,20 @@ impl Garage {
                     n = node.display(),
                 ),
             )?;
-            let log = std::fs::File::create(dir.join(format!("node{}.log", k + 1)))?;
-            children.push(
-                Command::new(&bin)
-                    .arg("-c")
-                    .arg(&config)
-                    .arg("server")
-                    .stdout(log.try_clone()?)
-                    .stderr(log)
-                    .stdin(Stdio::null())
-                    .spawn()?,
-            );
             configs.push(config);
+            children.push(None);
         }
         let mut g = Garage {
             bin,
+            dir: dir.to_path_buf(),
             configs,
             children,
             key_id: String::new(),
             secret: String::new(),
         };
+        for k in 0..3 {
+            g.start_node(k)?;
+        }
         std::thread::sleep(Duration::from_secs(2));
         let mut ids = Vec::new();
         for k in 0..3 {
@@ -777,12 +853,106 @@ impl Garage {
         }
     }
 
-    fn stop(&mut self) {
-        for c in &mut self.children {
+    fn start_node(&mut self, k: usize) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("node{}.log", k + 1)))?;
+        self.children[k] = Some(
+            Command::new(&self.bin)
+                .arg("-c")
+                .arg(&self.configs[k])
+                .arg("server")
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .stdin(Stdio::null())
+                .spawn()?,
+        );
+        Ok(())
+    }
+
+    /// SIGTERM (a clean shutdown) and wait.
+    fn stop_node(&mut self, k: usize) {
+        if let Some(mut c) = self.children[k].take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.children.clear();
+    }
+
+    /// Items of the K2V table in node `k`'s own store (its `table_size` metric).
+    fn k2v_items(&self, k: usize) -> anyhow::Result<usize> {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "2"])
+            .arg(format!("http://127.0.0.1:{}/metrics", 26901 + 10 * k + 3))
+            .output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("table_size{table_name=\"k2v_item\"} ")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .map(|v| v as usize)
+            .context("garage metrics without table_size for k2v_item")
+    }
+
+    fn stop(&mut self) {
+        for c in self.children.iter_mut().filter_map(Option::take) {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct GarageReplicas<'a>(&'a mut Garage);
+
+impl Replicas for GarageReplicas<'_> {
+    fn name(&self) -> &'static str {
+        "garage"
+    }
+    fn rpc_ports(&self) -> String {
+        "26901,26911,26921".into()
+    }
+    fn stop_node3(&mut self) -> anyhow::Result<()> {
+        self.0.stop_node(2);
+        Ok(())
+    }
+    fn start_node3(&mut self) -> anyhow::Result<()> {
+        self.0.start_node(2)
+    }
+    fn wipe_node3(&mut self) -> anyhow::Result<()> {
+        // The metadata database; the node key and the layout stay.
+        let db = self.0.dir.join("node3/meta/db.lmdb");
+        std::fs::remove_dir_all(&db).with_context(|| format!("removing {}", db.display()))
+    }
+    fn repair_node3(&mut self) -> anyhow::Result<()> {
+        // Garage does not resync a wiped node before its next anti-entropy pass (10 min):
+        // the operator runs a table repair, as its documentation says.
+        self.0.cli(2, &["repair", "--yes", "tables"]).map(|_| ())
+    }
+    fn count(&self, k: usize) -> anyhow::Result<usize> {
+        self.0.k2v_items(k)
+    }
+    fn first_two(&self) -> anyhow::Result<Target> {
+        let e = self.0.endpoints();
+        k2v_target(
+            e[..2].to_vec(),
+            &self.0.key_id,
+            &self.0.secret,
+            "bench",
+            "garage",
+        )
     }
 }
 

@@ -138,26 +138,11 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
             return Err(QuorumError::NoLayout(key[0]));
         }
         let needed = self.read_quorum.min(nodes.len());
-        let (tx, mut rx) = mpsc::channel(nodes.len());
-        for n in &nodes {
-            let (node, tx, n, key) = (self.node.clone(), tx.clone(), *n, key.clone());
-            tokio::spawn(async move {
-                let r = node.read_from(n, S::TABLE_NAME, key).await;
-                let _ = tx.send((n, r)).await;
-            });
-        }
-        drop(tx);
-        let mut answers: Vec<(shoal_net::NodeId, Option<Vec<u8>>)> = Vec::new();
-        let mut errors = Vec::new();
-        while let Some((n, r)) = rx.recv().await {
-            match r {
-                Ok(v) => answers.push((n, v)),
-                Err(e) => errors.push(e),
-            }
-            if answers.len() >= needed || errors.len() > nodes.len() - needed {
-                break;
-            }
-        }
+        let (answers, errors) = ask_quorum(self.node.id(), nodes, needed, |n| {
+            let (node, key) = (self.node.clone(), key.clone());
+            async move { node.read_from(n, S::TABLE_NAME, key).await }
+        })
+        .await;
         if answers.len() < needed {
             return Err(QuorumError::Read {
                 answers: answers.len(),
@@ -206,38 +191,25 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
             return Err(QuorumError::NoLayout(p));
         }
         let needed = self.read_quorum.min(nodes.len());
-        let (tx, mut rx) = mpsc::channel(nodes.len());
-        for n in &nodes {
-            let (node, tx, n, range) = (self.node.clone(), tx.clone(), *n, range.clone());
-            tokio::spawn(async move {
-                let r = node
-                    .range_from(n, S::TABLE_NAME, range, reverse, limit)
-                    .await;
-                let _ = tx.send(r).await;
-            });
-        }
-        drop(tx);
+        let (replies, errors) = ask_quorum(self.node.id(), nodes, needed, |n| {
+            let (node, range) = (self.node.clone(), range.clone());
+            async move {
+                node.range_from(n, S::TABLE_NAME, range, reverse, limit)
+                    .await
+            }
+        })
+        .await;
+        let answers = replies.len();
         let mut merged: std::collections::BTreeMap<Vec<u8>, S::Entry> = Default::default();
-        let (mut answers, mut errors) = (0, Vec::new());
-        while let Some(r) = rx.recv().await {
-            match r {
-                Ok(items) => {
-                    answers += 1;
-                    for (k, v) in items {
-                        let e =
-                            S::Entry::decode(&v).map_err(|e| QuorumError::Decode(e.to_string()))?;
-                        match merged.get_mut(&k) {
-                            Some(m) => m.merge(&e),
-                            None => {
-                                merged.insert(k, e);
-                            }
-                        }
+        for (_, items) in replies {
+            for (k, v) in items {
+                let e = S::Entry::decode(&v).map_err(|e| QuorumError::Decode(e.to_string()))?;
+                match merged.get_mut(&k) {
+                    Some(m) => m.merge(&e),
+                    None => {
+                        merged.insert(k, e);
                     }
                 }
-                Err(e) => errors.push(e),
-            }
-            if answers >= needed || errors.len() > nodes.len() - needed {
-                break;
             }
         }
         if answers < needed {
@@ -256,4 +228,73 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
         };
         Ok(items)
     }
+}
+
+/// After this long without enough answers, a read asks one more replica.
+const READ_HEDGE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Asks `needed` of `nodes` (this node first: its answer costs no network), and one more
+/// whenever an asked node fails or the answers are late by [`READ_HEDGE`], until `needed`
+/// answered or too many failed. Returns the answers (with who gave them) and the errors.
+/// Quorum intersection needs only `needed` answers; asking every replica each time would
+/// double the network work of a read for nothing.
+async fn ask_quorum<A, F, Fut>(
+    me: shoal_net::NodeId,
+    mut nodes: Vec<shoal_net::NodeId>,
+    needed: usize,
+    ask: F,
+) -> (Vec<(shoal_net::NodeId, A)>, Vec<String>)
+where
+    A: Send + 'static,
+    F: Fn(shoal_net::NodeId) -> Fut,
+    Fut: std::future::Future<Output = Result<A, String>> + Send + 'static,
+{
+    if let Some(i) = nodes.iter().position(|n| *n == me) {
+        nodes[..=i].rotate_right(1);
+    }
+    let total = nodes.len();
+    let (tx, mut rx) = mpsc::channel(total.max(1));
+    let mut pending = nodes.into_iter();
+    let launch = |pending: &mut std::vec::IntoIter<shoal_net::NodeId>| -> bool {
+        match pending.next() {
+            Some(n) => {
+                let (tx, fut) = (tx.clone(), ask(n));
+                tokio::spawn(async move {
+                    let _ = tx.send((n, fut.await)).await;
+                });
+                true
+            }
+            None => false,
+        }
+    };
+    let mut in_flight = 0;
+    for _ in 0..needed {
+        if launch(&mut pending) {
+            in_flight += 1;
+        }
+    }
+    let (mut answers, mut errors) = (Vec::new(), Vec::new());
+    while answers.len() < needed && errors.len() <= total - needed && in_flight > 0 {
+        match tokio::time::timeout(READ_HEDGE, rx.recv()).await {
+            Ok(Some((n, r))) => {
+                in_flight -= 1;
+                match r {
+                    Ok(a) => answers.push((n, a)),
+                    Err(e) => {
+                        errors.push(e);
+                        if launch(&mut pending) {
+                            in_flight += 1;
+                        }
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {
+                if launch(&mut pending) {
+                    in_flight += 1;
+                }
+            }
+        }
+    }
+    (answers, errors)
 }
