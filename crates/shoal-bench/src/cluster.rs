@@ -607,7 +607,7 @@ fn catch_up_and_repair(
             format!("p{}/repair{i:08}", i % PARTITION_KEYS)
         }))?;
     }
-    let total = sys.count(0)?;
+    let total = args.repair_items.max(have);
     if !wait_count(sys, total, Duration::from_secs(1800)) {
         bail!("{name}: node 3 never held the {total} items before the repair runs");
     }
@@ -939,7 +939,11 @@ impl Replicas for GarageReplicas<'_> {
     fn repair_node3(&mut self) -> anyhow::Result<()> {
         // Garage does not resync a wiped node before its next anti-entropy pass (10 min):
         // the operator runs a table repair, as its documentation says.
-        self.0.cli(2, &["repair", "--yes", "tables"]).map(|_| ())
+        // Garage's table sync pushes what a node has to the nodes that lack it: the repair
+        // must run on every node (`-a`), not only on the empty one.
+        self.0
+            .cli(2, &["repair", "-a", "--yes", "tables"])
+            .map(|_| ())
     }
     fn count(&self, k: usize) -> anyhow::Result<usize> {
         self.0.k2v_items(k)

@@ -2151,17 +2151,21 @@ impl<T: Transport> Node<T> {
         // replicas pull from the old ones through these sessions.
         let union = self.sync_nodes(table, w.partition);
         if union.contains(&self.id()) {
-            let others: Vec<NodeId> = union.into_iter().filter(|n| *n != self.id()).collect();
-            let mut set = tokio::task::JoinSet::new();
-            for peer in others.clone() {
-                let (me, table) = (self.clone(), table.to_string());
-                set.spawn(async move { (peer, me.sync_with(peer, &table, w.partition).await) });
+            let mut others: Vec<NodeId> = union.into_iter().filter(|n| *n != self.id()).collect();
+            // One replica after the other, not all at once: what the first session brings is
+            // then already here when the second compares digests, so a missed item crosses the
+            // network once instead of once per replica (catch-up bytes halve with 3 replicas).
+            // Partitions still sync in parallel, so the time barely changes. The starting
+            // replica rotates with the partition to spread the work over the peers.
+            if !others.is_empty() {
+                let k = w.partition as usize % others.len();
+                others.rotate_left(k);
             }
             let mut errors = 0;
             let mut reached = vec![self.id()];
-            while let Some(r) = set.join_next().await {
-                match r {
-                    Ok((peer, Ok(tr))) => {
+            for peer in others.clone() {
+                match self.sync_with(peer, table, w.partition).await {
+                    Ok(tr) => {
                         reached.push(peer);
                         self.bump(table, |s| {
                             s.items_received += tr.a.items_received;
@@ -2171,13 +2175,9 @@ impl<T: Transport> Node<T> {
                             s.sessions += 1;
                         })
                     }
-                    Ok((_, Err(e))) => {
-                        errors += 1;
-                        debug!(table, partition = w.partition, error = %e, "sync with a replica failed");
-                    }
                     Err(e) => {
                         errors += 1;
-                        debug!(error = %e, "sync task failed");
+                        debug!(table, partition = w.partition, error = %e, "sync with a replica failed");
                     }
                 }
             }
