@@ -402,11 +402,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         for r in rows.iter().filter(|r| r["bytes"].is_number()) {
             println!(
-                "{} {} of {} items: {:.2} s, {:.1} MB on its RPC address",
+                "{} {} of {} items: {:.2} s{}, {:.1} MB on the nodes' RPC ports",
                 r["system"].as_str().unwrap_or(""),
                 r["scenario"].as_str().unwrap_or(""),
                 r["items"],
                 r["seconds"].as_f64().unwrap_or(f64::NAN),
+                if r["complete"] == false {
+                    " (NOT complete: stopped at the cap)"
+                } else {
+                    ""
+                },
                 r["bytes"].as_f64().unwrap_or(f64::NAN) / 1e6
             );
         }
