@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use k2v_client::{K2vClient, K2vClientConfig};
 
-use crate::procs::{NodeSpec, ShoalCluster};
+use crate::procs::{Chain, NodeSpec, ShoalCluster};
 
 /// Arguments of `shoal-bench campaign`.
 #[derive(clap::Args)]
@@ -79,7 +79,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             },
         })
         .collect();
-    let _firewall = Firewall::install()?;
+    let firewall = Firewall::install()?;
     let mut cluster = ShoalCluster::start(&args.dir, specs, 3, BUCKET)?;
     let (key_id, key_secret, _) = cluster.k2v.clone().context("k2v credentials")?;
     eprintln!(
@@ -188,9 +188,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 cluster.resume(victim);
             }
             _ => {
-                Firewall::isolate(&ip(victim))?;
+                firewall.isolate(&ip(victim))?;
                 std::thread::sleep(hold);
-                Firewall::heal()?;
+                firewall.heal()?;
             }
         }
     }
@@ -207,7 +207,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .unwrap_or(0);
 
     // Heal everything: every node running, no rule, the small disk given room.
-    Firewall::heal()?;
+    firewall.heal()?;
     for k in 0..NODES {
         cluster.resume(k);
         if !cluster.nodes[k].running() {
@@ -407,24 +407,19 @@ fn disk_usage_percent(dir: &std::path::Path) -> anyhow::Result<u64> {
         .unwrap_or(0))
 }
 
-/// The campaign's own iptables chain, hooked into OUTPUT (loopback traffic crosses it once).
-struct Firewall;
+/// Partitions of one node from the others, as rules of the campaign's own chain.
+struct Firewall(Chain);
 
 impl Firewall {
     fn install() -> anyhow::Result<Self> {
-        Self::remove();
-        iptables(&["-N", CHAIN])?;
-        iptables(&["-I", "OUTPUT", "-j", CHAIN])?;
-        Ok(Firewall)
+        Ok(Firewall(Chain::install(CHAIN)?))
     }
 
     /// Drops every packet between `ip` and the other nodes' addresses (clients on 127.0.0.1
     /// still reach it: a partition of the cluster, not of the clients).
-    fn isolate(ip: &str) -> anyhow::Result<()> {
+    fn isolate(&self, ip: &str) -> anyhow::Result<()> {
         let others = "127.0.0.11-127.0.0.15";
-        iptables(&[
-            "-A",
-            CHAIN,
+        self.0.append(&[
             "-s",
             ip,
             "-m",
@@ -437,9 +432,7 @@ impl Firewall {
             "-j",
             "DROP",
         ])?;
-        iptables(&[
-            "-A",
-            CHAIN,
+        self.0.append(&[
             "-d",
             ip,
             "-m",
@@ -451,37 +444,10 @@ impl Firewall {
             ip,
             "-j",
             "DROP",
-        ])?;
-        Ok(())
+        ])
     }
 
-    fn heal() -> anyhow::Result<()> {
-        iptables(&["-F", CHAIN])
+    fn heal(&self) -> anyhow::Result<()> {
+        self.0.flush()
     }
-
-    fn remove() {
-        let _ = iptables(&["-D", "OUTPUT", "-j", CHAIN]);
-        let _ = iptables(&["-F", CHAIN]);
-        let _ = iptables(&["-X", CHAIN]);
-    }
-}
-
-impl Drop for Firewall {
-    fn drop(&mut self) {
-        Self::remove();
-    }
-}
-
-fn iptables(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("iptables")
-        .args(args)
-        .output()
-        .context("running iptables (installed by scripts/fault-campaign.sh)")?;
-    if !out.status.success() {
-        bail!(
-            "iptables {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }

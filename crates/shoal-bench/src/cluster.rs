@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use k2v_client::{BatchInsertOp, K2vClient, K2vClientConfig, K2vValue};
 use serde_json::json;
 
-use crate::procs::{NodeSpec, ShoalCluster, hex32};
+use crate::procs::{Chain, NodeSpec, ShoalCluster, hex32};
 
 /// Arguments of `shoal-bench cluster`.
 #[derive(clap::Args)]
@@ -567,7 +567,7 @@ fn catch_up_and_repair(
     cap: Duration,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut rows = Vec::new();
-    let counter = ByteCounter::install(&sys.rpc_ports())?;
+    let counter = byte_counter(&sys.rpc_ports())?;
     let two = sys.first_two()?;
     let name = sys.name();
     let mut catch = Vec::new();
@@ -579,7 +579,7 @@ fn catch_up_and_repair(
         let n = args.catch_up_items;
         rt.block_on(two.fill(n, |i| format!("p{}/catch{run}-{i:08}", i % PARTITION_KEYS)))?;
         let expected = base + n;
-        counter.reset()?;
+        counter.zero()?;
         let t0 = Instant::now();
         sys.start_node3()?;
         let ok = wait_count(sys, expected, cap);
@@ -622,7 +622,7 @@ fn catch_up_and_repair(
     for run in 0..args.runs {
         sys.stop_node3()?;
         sys.wipe_node3()?;
-        counter.reset()?;
+        counter.zero()?;
         let t0 = Instant::now();
         sys.start_node3()?;
         sys.repair_node3()?;
@@ -661,69 +661,11 @@ fn wait_count(sys: &dyn Replicas, want: usize, within: Duration) -> bool {
     }
 }
 
-/// iptables counters of every packet on some TCP ports (either direction; loopback packets
-/// cross OUTPUT once).
-struct ByteCounter {
-    chain: String,
-}
-
-impl ByteCounter {
-    fn install(ports: &str) -> anyhow::Result<Self> {
-        let chain = "SHOAL_BENCH_BYTES".to_string();
-        let _ = ipt(&["-D", "OUTPUT", "-j", &chain]);
-        let _ = ipt(&["-F", &chain]);
-        let _ = ipt(&["-X", &chain]);
-        ipt(&["-N", &chain])?;
-        ipt(&["-I", "OUTPUT", "-j", &chain])?;
-        ipt(&[
-            "-A",
-            &chain,
-            "-p",
-            "tcp",
-            "-m",
-            "multiport",
-            "--ports",
-            ports,
-        ])?;
-        Ok(ByteCounter { chain })
-    }
-
-    fn reset(&self) -> anyhow::Result<()> {
-        ipt(&["-Z", &self.chain])
-    }
-
-    fn bytes(&self) -> anyhow::Result<u64> {
-        let out = Command::new("iptables")
-            .args(["-L", &self.chain, "-v", "-x", "-n"])
-            .output()?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .skip(2)
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum())
-    }
-}
-
-impl Drop for ByteCounter {
-    fn drop(&mut self) {
-        let _ = ipt(&["-D", "OUTPUT", "-j", &self.chain]);
-        let _ = ipt(&["-F", &self.chain]);
-        let _ = ipt(&["-X", &self.chain]);
-    }
-}
-
-fn ipt(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("iptables")
-        .args(args)
-        .output()
-        .context("iptables")?;
-    if !out.status.success() {
-        bail!(
-            "iptables {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+/// Bytes of every packet on some TCP ports, either direction (iptables counters).
+fn byte_counter(ports: &str) -> anyhow::Result<Chain> {
+    let chain = Chain::install("SHOAL_BENCH_BYTES")?;
+    chain.append(&["-p", "tcp", "-m", "multiport", "--ports", ports])?;
+    Ok(chain)
 }
 
 /// A three-node Garage cluster on 127.0.0.1.

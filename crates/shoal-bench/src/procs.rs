@@ -357,3 +357,75 @@ pub fn hex32() -> String {
     let bytes: [u8; 32] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// An iptables chain of this harness's own, hooked into OUTPUT (loopback packets cross OUTPUT
+/// once), removed with everything in it when dropped. Needs root and `iptables`.
+pub struct Chain {
+    name: String,
+}
+
+impl Chain {
+    /// Creates the chain (replacing one a crashed run left behind) and hooks it.
+    pub fn install(name: &str) -> anyhow::Result<Self> {
+        let chain = Chain { name: name.into() };
+        chain.remove();
+        iptables(&["-N", name])?;
+        iptables(&["-I", "OUTPUT", "-j", name])?;
+        Ok(chain)
+    }
+
+    /// Appends a rule: `args` after `-A <chain>`.
+    pub fn append(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut all = vec!["-A", self.name.as_str()];
+        all.extend_from_slice(args);
+        iptables(&all)
+    }
+
+    /// Deletes every rule.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        iptables(&["-F", &self.name])
+    }
+
+    /// Zeroes the rules' counters.
+    pub fn zero(&self) -> anyhow::Result<()> {
+        iptables(&["-Z", &self.name])
+    }
+
+    /// Bytes counted by all the rules since the last [`Chain::zero`].
+    pub fn bytes(&self) -> anyhow::Result<u64> {
+        let out = Command::new("iptables")
+            .args(["-L", &self.name, "-v", "-x", "-n"])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum())
+    }
+
+    fn remove(&self) {
+        let _ = iptables(&["-D", "OUTPUT", "-j", &self.name]);
+        let _ = iptables(&["-F", &self.name]);
+        let _ = iptables(&["-X", &self.name]);
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn iptables(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("iptables")
+        .args(args)
+        .output()
+        .context("running iptables (scripts/fault-campaign.sh installs it)")?;
+    if !out.status.success() {
+        bail!(
+            "iptables {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
