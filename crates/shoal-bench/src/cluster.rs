@@ -207,6 +207,36 @@ struct LoadFigures {
     p99_ms: f64,
     p999_ms: f64,
     errors: usize,
+    /// CPU time of the system's server processes per completed operation, in microseconds.
+    server_cpu_us_per_op: f64,
+    /// CPU time of this load generator per completed operation, in microseconds.
+    client_cpu_us_per_op: f64,
+}
+
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
+fn cpu_time(pid: &str) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // The command name may hold spaces; the fields after it are fixed.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return Duration::ZERO;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // Linux reports in USER_HZ, 100 on every architecture it runs the bench on.
+    Duration::from_millis(ticks * 10)
+}
+
+/// CPU time of the servers and of this process.
+fn cpu_times(servers: &[u32]) -> (Duration, Duration) {
+    (
+        servers.iter().map(|p| cpu_time(&p.to_string())).sum(),
+        cpu_time("self"),
+    )
 }
 
 async fn load(
@@ -216,7 +246,9 @@ async fn load(
     seconds: u64,
     run: usize,
     existing: usize,
+    servers: &[u32],
 ) -> LoadFigures {
+    let cpu_before = cpu_times(servers);
     let stop = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..clients {
@@ -258,6 +290,10 @@ async fn load(
         }
     }
     let elapsed = started.elapsed().as_secs_f64().max(seconds as f64);
+    let cpu_after = cpu_times(servers);
+    let done = all.len().max(1) as f64;
+    let per_op =
+        |before: Duration, after: Duration| after.saturating_sub(before).as_secs_f64() * 1e6 / done;
     all.sort_unstable();
     let q = |f: f64| {
         if all.is_empty() {
@@ -272,6 +308,8 @@ async fn load(
         p99_ms: q(0.99),
         p999_ms: q(0.999),
         errors,
+        server_cpu_us_per_op: per_op(cpu_before.0, cpu_after.0),
+        client_cpu_us_per_op: per_op(cpu_before.1, cpu_after.1),
     }
 }
 
@@ -317,12 +355,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             &bucket,
             "shoal",
         )?;
+        let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
         for row in load_scenarios(
             &rt,
             args,
             "shoal",
             "durable (fsync per group commit)",
             &target,
+            &pids,
         )? {
             emit(row, &mut rows);
         }
@@ -353,7 +393,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                         "metadata_fsync = false (default; not durable at acknowledgement)"
                     };
                     let name = if fsync { "garage-fsync" } else { "garage" };
-                    for row in load_scenarios(&rt, args, name, mode, &target)? {
+                    let pids = g.pids();
+                    for row in load_scenarios(&rt, args, name, mode, &target, &pids)? {
                         emit(row, &mut rows);
                     }
                     if !fsync && !args.skip_sync_scenarios {
@@ -375,21 +416,33 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "etcd" => {
                 let mut e = Etcd::start(&args.dir.join("etcd"))?;
                 let target = Target::Etcd(Arc::new(e.endpoints()), hyper::Client::new());
-                for row in load_scenarios(&rt, args, "etcd", "durable (raft log fsync)", &target)? {
+                let pids: Vec<u32> = e.children.iter().map(|c| c.id()).collect();
+                for row in load_scenarios(
+                    &rt,
+                    args,
+                    "etcd",
+                    "durable (raft log fsync)",
+                    &target,
+                    &pids,
+                )? {
                     emit(row, &mut rows);
                 }
                 e.stop();
             }
-            other => bail!("unknown peer {other} (garage, etcd)"),
+            "none" | "" => {}
+            other => bail!("unknown peer {other} (garage, etcd, none)"),
         }
     }
     if !args.json {
         // The same figures as a table, for reading.
-        println!("| system | scenario | clients | ops/s | p50 ms | p99 ms | p99.9 ms | errors |");
-        println!("|---|---|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "| system | scenario | clients | ops/s | p50 ms | p99 ms | p99.9 ms | errors | \
+             server CPU µs/op | client CPU µs/op |"
+        );
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in rows.iter().filter(|r| r["ops_per_sec"].is_number()) {
             println!(
-                "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {} |",
+                "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.1} |",
                 r["system"].as_str().unwrap_or(""),
                 r["scenario"].as_str().unwrap_or(""),
                 r["clients"],
@@ -397,7 +450,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 r["p50_ms"].as_f64().unwrap_or(f64::NAN),
                 r["p99_ms"].as_f64().unwrap_or(f64::NAN),
                 r["p999_ms"].as_f64().unwrap_or(f64::NAN),
-                r["errors"]
+                r["errors"],
+                r["server_cpu_us_per_op"].as_f64().unwrap_or(f64::NAN),
+                r["client_cpu_us_per_op"].as_f64().unwrap_or(f64::NAN),
             );
         }
         for r in rows.iter().filter(|r| r["bytes"].is_number()) {
@@ -432,6 +487,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     "scenario": r["scenario"], "clients": r["clients"],
                     "throughput": f(r, "ops_per_sec") / f(p, "ops_per_sec"),
                     "p99": f(r, "p99_ms") / f(p, "p99_ms"),
+                    "server_cpu_per_op": f(r, "server_cpu_us_per_op") / f(p, "server_cpu_us_per_op"),
                 })
             );
         }
@@ -469,6 +525,7 @@ fn load_scenarios(
     system: &str,
     durability: &str,
     target: &Target,
+    servers: &[u32],
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut rows = Vec::new();
     if args.skip_load {
@@ -480,7 +537,17 @@ fn load_scenarios(
     for op in [Op::Write, Op::Read] {
         for &clients in &args.clients {
             let runs: Vec<LoadFigures> = (0..args.runs)
-                .map(|run| rt.block_on(load(target, op, clients, args.seconds, run, existing)))
+                .map(|run| {
+                    rt.block_on(load(
+                        target,
+                        op,
+                        clients,
+                        args.seconds,
+                        run,
+                        existing,
+                        servers,
+                    ))
+                })
                 .collect();
             let m = |f: fn(&LoadFigures) -> f64| median(runs.iter().map(f).collect());
             let row = json!({
@@ -491,6 +558,8 @@ fn load_scenarios(
                 "ops_per_sec": m(|r| r.ops_per_sec).round(),
                 "p50_ms": m(|r| r.p50_ms), "p99_ms": m(|r| r.p99_ms), "p999_ms": m(|r| r.p999_ms),
                 "errors": runs.iter().map(|r| r.errors).sum::<usize>(),
+                "server_cpu_us_per_op": (m(|r| r.server_cpu_us_per_op) * 10.0).round() / 10.0,
+                "client_cpu_us_per_op": (m(|r| r.client_cpu_us_per_op) * 10.0).round() / 10.0,
             });
             rows.push(row);
         }
@@ -573,6 +642,7 @@ fn catch_up_and_repair(
     let mut catch = Vec::new();
     let mut catch_bytes = Vec::new();
     let mut reached = true;
+    let mut held_at_cap = None;
     for run in 0..args.runs {
         let base = sys.count(0)?;
         sys.stop_node3()?;
@@ -591,6 +661,7 @@ fn catch_up_and_repair(
         );
         if !ok {
             reached = false;
+            held_at_cap = Some(sys.count(2).unwrap_or(0).saturating_sub(base));
             // Past the cap once is enough to know.
             break;
         }
@@ -598,7 +669,7 @@ fn catch_up_and_repair(
     rows.push(json!({
         "system": name, "scenario": "catch-up", "items": args.catch_up_items, "runs": catch.len(),
         "seconds": median(catch.clone()), "bytes": median(catch_bytes.clone()),
-        "complete": reached, "cap_seconds": cap.as_secs(),
+        "complete": reached, "cap_seconds": cap.as_secs(), "items_held_at_cap": held_at_cap,
         "all_seconds": catch, "all_bytes": catch_bytes,
     }));
     // Node 3 must be whole before the repair runs start.
@@ -619,6 +690,7 @@ fn catch_up_and_repair(
     let mut rep = Vec::new();
     let mut rep_bytes = Vec::new();
     let mut complete = true;
+    let mut held_at_cap = None;
     for run in 0..args.runs {
         sys.stop_node3()?;
         sys.wipe_node3()?;
@@ -635,11 +707,13 @@ fn catch_up_and_repair(
         );
         if !ok {
             complete = false;
+            held_at_cap = Some(sys.count(2).unwrap_or(0));
             break;
         }
     }
     rows.push(json!({
         "system": name, "scenario": "repair", "items": total, "runs": rep.len(),
+        "items_held_at_cap": held_at_cap,
         "seconds": median(rep.clone()), "bytes": median(rep_bytes.clone()),
         "complete": complete, "cap_seconds": cap.as_secs(),
         "all_seconds": rep, "all_bytes": rep_bytes,
@@ -904,6 +978,13 @@ impl Replicas for GarageReplicas<'_> {
             "bench",
             "garage",
         )
+    }
+}
+
+impl Garage {
+    /// The running nodes' process ids.
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().flatten().map(|c| c.id()).collect()
     }
 }
 

@@ -1,6 +1,8 @@
 //! Quorum replication: a write succeeds once a write quorum of the partition's nodes has it
 //! durably; a read asks a read quorum, merges, and repairs stale replicas in the background.
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use shoal_net::Transport;
 use shoal_table::codec::Versioned;
 use shoal_table::crdt::Crdt;
@@ -253,46 +255,40 @@ where
         nodes[..=i].rotate_right(1);
     }
     let total = nodes.len();
-    let (tx, mut rx) = mpsc::channel(total.max(1));
+    // The asks are polled inside this task (no task or channel per replica): a read is on
+    // the hot path, and an ask left over when the quorum answers is simply dropped.
+    let mut asking = FuturesUnordered::new();
     let mut pending = nodes.into_iter();
-    let launch = |pending: &mut std::vec::IntoIter<shoal_net::NodeId>| -> bool {
+    let launch = |pending: &mut std::vec::IntoIter<shoal_net::NodeId>,
+                  asking: &mut FuturesUnordered<_>|
+     -> bool {
         match pending.next() {
             Some(n) => {
-                let (tx, fut) = (tx.clone(), ask(n));
-                tokio::spawn(async move {
-                    let _ = tx.send((n, fut.await)).await;
-                });
+                let fut = ask(n);
+                asking.push(async move { (n, fut.await) });
                 true
             }
             None => false,
         }
     };
-    let mut in_flight = 0;
     for _ in 0..needed {
-        if launch(&mut pending) {
-            in_flight += 1;
-        }
+        launch(&mut pending, &mut asking);
     }
     let (mut answers, mut errors) = (Vec::new(), Vec::new());
-    while answers.len() < needed && errors.len() <= total - needed && in_flight > 0 {
-        match tokio::time::timeout(READ_HEDGE, rx.recv()).await {
-            Ok(Some((n, r))) => {
-                in_flight -= 1;
-                match r {
-                    Ok(a) => answers.push((n, a)),
-                    Err(e) => {
-                        errors.push(e);
-                        if launch(&mut pending) {
-                            in_flight += 1;
-                        }
-                    }
+    let hedge = tokio::time::sleep(READ_HEDGE);
+    tokio::pin!(hedge);
+    while answers.len() < needed && errors.len() <= total - needed && !asking.is_empty() {
+        tokio::select! {
+            Some((n, r)) = asking.next() => match r {
+                Ok(a) => answers.push((n, a)),
+                Err(e) => {
+                    errors.push(e);
+                    launch(&mut pending, &mut asking);
                 }
-            }
-            Ok(None) => break,
-            Err(_) => {
-                if launch(&mut pending) {
-                    in_flight += 1;
-                }
+            },
+            () = &mut hedge => {
+                launch(&mut pending, &mut asking);
+                hedge.as_mut().reset(tokio::time::Instant::now() + READ_HEDGE);
             }
         }
     }

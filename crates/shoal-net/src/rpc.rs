@@ -17,11 +17,13 @@ use tracing::{debug, warn};
 
 use crate::NodeId;
 use crate::identity::{ClusterSecret, NodeKey};
-use crate::noise::{ChannelError, HandshakeError, Opener, Secured, handshake, seal};
+use crate::noise::{ChannelError, HandshakeError, Opener, Sealer, Secured, handshake};
 use crate::transport::Transport;
 
 /// Version marker of the RPC envelope.
 const RPC_VERSION: u8 = 1;
+/// Bytes of queued messages a connection's writer seals before one flush.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
 /// Tunables of a node's network.
 #[derive(Debug, Clone)]
@@ -682,8 +684,19 @@ impl<T: Transport> Network<T> {
         let writer_cipher = cipher.clone();
         let writer_conn = conn.clone();
         let writer = tokio::spawn(async move {
+            let mut sealer = Sealer::default();
+            let mut frames = Vec::new();
             while let Some(msg) = rx.recv().await {
-                for frame in seal(&writer_cipher, &msg) {
+                // Everything already queued goes out in one flush (one write under load, not
+                // one per message), up to a bound so a busy connection still flushes often.
+                sealer.seal(&writer_cipher, &msg, &mut frames);
+                let mut batched = msg.len();
+                while batched < WRITE_BATCH_BYTES {
+                    let Ok(more) = rx.try_recv() else { break };
+                    batched += more.len();
+                    sealer.seal(&writer_cipher, &more, &mut frames);
+                }
+                for frame in frames.drain(..) {
                     if let Err(e) = sink.feed(frame).await {
                         debug!(?peer, error = %e, "send failed");
                         writer_conn.alive.store(false, Ordering::SeqCst);
