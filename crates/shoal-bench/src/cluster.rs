@@ -117,7 +117,9 @@ impl Target {
 
     /// Writes `n` items `key(i)` quickly (batches where the API has them).
     async fn fill(&self, n: usize, key: impl Fn(usize) -> String) -> anyhow::Result<()> {
-        let value = vec![b'v'; VALUE];
+        // Random values: what the replicas exchange then cannot shrink by compressing values
+        // no real workload would repeat; only the items' structure compresses.
+        let value = || -> Vec<u8> { (0..VALUE).map(|_| rand::random::<u8>()).collect() };
         match self {
             Target::K2v(c) => {
                 let keys: Vec<(String, String)> = (0..n)
@@ -129,7 +131,7 @@ impl Target {
                     .collect();
                 let mut tasks = tokio::task::JoinSet::new();
                 for (j, chunk) in keys.chunks(500).enumerate() {
-                    let (c, chunk, value) = (c.clone(), chunk.to_vec(), value.clone());
+                    let (c, chunk) = (c.clone(), chunk.to_vec());
                     tasks.spawn(async move {
                         let ops: Vec<BatchInsertOp<'_>> = chunk
                             .iter()
@@ -137,7 +139,7 @@ impl Target {
                                 partition_key: pk,
                                 sort_key: sk,
                                 causality: None,
-                                value: K2vValue::Value(value.clone()),
+                                value: K2vValue::Value(value()),
                             })
                             .collect();
                         c[j % c.len()].insert_batch(&ops).await
@@ -154,7 +156,7 @@ impl Target {
             Target::Etcd(..) => {
                 let mut tasks = tokio::task::JoinSet::new();
                 for i in 0..n {
-                    let (t, k, v) = (self.clone(), key(i), value.clone());
+                    let (t, k, v) = (self.clone(), key(i), value());
                     tasks.spawn(async move { t.write(i, &k, v).await });
                     while tasks.len() >= 64 {
                         tasks.join_next().await.expect("task")??;

@@ -94,7 +94,7 @@ fn unexpected_messages_mid_session_are_errors() {
         .receive(
             &ra,
             Message::Hello {
-                version: 1,
+                version: PROTOCOL_VERSION,
                 digest: Digest {
                     xor: 0,
                     check: 0,
@@ -136,7 +136,7 @@ fn responder_asking_for_everything(re: &dyn shoal_sync::session::Replica) -> Ses
     let mut s = Session::respond(
         re,
         Message::Hello {
-            version: 1,
+            version: PROTOCOL_VERSION,
             digest: Digest {
                 xor: 5,
                 check: 6,
