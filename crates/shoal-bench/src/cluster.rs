@@ -739,7 +739,8 @@ fn wait_count(sys: &dyn Replicas, want: usize, within: Duration) -> bool {
 
 /// Bytes of every packet on some TCP ports, either direction (iptables counters).
 fn byte_counter(ports: &str) -> anyhow::Result<Chain> {
-    let chain = Chain::install("SHOAL_BENCH_BYTES")?;
+    // Named after this process: two benchmarks may count at once.
+    let chain = Chain::install(&format!("SHOAL_BYTES_{}", std::process::id()))?;
     chain.append(&["-p", "tcp", "-m", "multiport", "--ports", ports])?;
     Ok(chain)
 }
