@@ -7,6 +7,7 @@
 //! causality model ([`causality`]) and the signature check ([`sigv4`]) are pure modules.
 
 pub mod admin;
+mod cache;
 pub mod causality;
 pub mod counters;
 mod http;

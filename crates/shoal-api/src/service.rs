@@ -20,6 +20,7 @@ use shoal_table::crdt::{Flag, Lww, LwwMap};
 use shoal_table::{Table, engine_key};
 use tokio::sync::watch;
 
+use crate::cache::RowCache;
 use crate::causality::{CausalContext, Dvvs, DvvsValue, WriterId};
 use crate::counters::{Counts, IndexQuery, K2vCounters};
 use crate::model::{
@@ -88,6 +89,8 @@ struct Inner<T: Transport> {
     buckets: Replicated<BucketTable, T>,
     keys_local: Table<KeyTable>,
     buckets_local: Table<BucketTable>,
+    key_cache: RowCache<AccessKey>,
+    bucket_cache: RowCache<Bucket>,
     writer: WriterId,
     clock: AtomicU64,
     changes: watch::Receiver<u64>,
@@ -185,12 +188,16 @@ impl<T: Transport> Api<T> {
         let keys_index = PartitionIndex::open_async(store, "keys", id_key.clone())
             .await
             .map_err(internal)?;
-        let keys_local = Table::<KeyTable>::new(store.clone()).with_hook(keys_index.clone());
+        let (key_cache, bucket_cache) = (RowCache::default(), RowCache::default());
+        let keys_local = Table::<KeyTable>::new(store.clone())
+            .with_hook(keys_index.clone())
+            .with_hook(key_cache.invalidator());
         let buckets_index = PartitionIndex::open_async(store, "buckets", id_key)
             .await
             .map_err(internal)?;
-        let buckets_local =
-            Table::<BucketTable>::new(store.clone()).with_hook(buckets_index.clone());
+        let buckets_local = Table::<BucketTable>::new(store.clone())
+            .with_hook(buckets_index.clone())
+            .with_hook(bucket_cache.invalidator());
         node.add_table(Arc::new((items_table, items_index)));
         node.add_full_table(Arc::new((keys_local.clone(), keys_index)));
         node.add_full_table(Arc::new((buckets_local.clone(), buckets_index)));
@@ -206,6 +213,8 @@ impl<T: Transport> Api<T> {
                 buckets: Replicated::new(node.clone(), w, r),
                 keys_local,
                 buckets_local,
+                key_cache,
+                bucket_cache,
                 writer,
                 clock: AtomicU64::new(crate::now_micros()),
                 changes,
@@ -501,13 +510,26 @@ impl<T: Transport> Api<T> {
 
     /// The secret of an access key (local copy first: keys are on every node).
     pub async fn key_secret(&self, id: &str) -> Result<Option<String>, ApiError> {
-        let local = self
-            .inner
-            .keys_local
-            .get(&SYSTEM_PK.to_string(), &id.to_string())
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let local = match self.inner.key_cache.get(id) {
+            Some(cached) => cached,
+            None => {
+                let at = self.inner.key_cache.generation();
+                let row = self
+                    .inner
+                    .keys_local
+                    .get(&SYSTEM_PK.to_string(), &id.to_string())
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .map(Arc::new);
+                // Only what this node holds is remembered: a key not synced here yet is
+                // asked of the others again next time.
+                if row.is_some() {
+                    self.inner.key_cache.put(id, at, row.clone());
+                }
+                row
+            }
+        };
         let key = match local {
-            Some(k) => Some(k),
+            Some(k) => Some(Arc::unwrap_or_clone(k)),
             None => {
                 self.inner
                     .keys
@@ -522,13 +544,24 @@ impl<T: Transport> Api<T> {
 
     /// A bucket by name (local copy first).
     pub async fn bucket(&self, name: &str) -> Result<Option<Bucket>, ApiError> {
-        let local = self
-            .inner
-            .buckets_local
-            .get(&SYSTEM_PK.to_string(), &name.to_string())
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let local = match self.inner.bucket_cache.get(name) {
+            Some(cached) => cached,
+            None => {
+                let at = self.inner.bucket_cache.generation();
+                let row = self
+                    .inner
+                    .buckets_local
+                    .get(&SYSTEM_PK.to_string(), &name.to_string())
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .map(Arc::new);
+                if row.is_some() {
+                    self.inner.bucket_cache.put(name, at, row.clone());
+                }
+                row
+            }
+        };
         let b = match local {
-            Some(b) => Some(b),
+            Some(b) => Some(Arc::unwrap_or_clone(b)),
             None => {
                 self.inner
                     .buckets

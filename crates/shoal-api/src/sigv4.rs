@@ -3,7 +3,11 @@
 //! Pure: the request's method, raw path and query, headers and payload hash in; the access key
 //! id named by the request out, once its secret verifies the signature. The canonical URI is
 //! accepted both singly encoded (S3 style) and doubly encoded (what AWS SDKs do for every other
-//! service, `k2v` included): both bind the signature to the same path.
+//! service, `k2v` included): both bind the signature to the same path. Derived signing keys
+//! are memoized (a function of their inputs alone), so a day's requests derive one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
@@ -185,7 +189,7 @@ pub fn verify(
         "{}/{}/{}/aws4_request",
         auth.date, auth.region, auth.service
     );
-    let key = signing_key(secret, &auth.date, &auth.region, &auth.service);
+    let key = cached_signing_key(secret, &auth.date, &auth.region, &auth.service);
     let signature = hex::decode(&auth.signature).map_err(|_| AuthError::BadSignature)?;
 
     let decoded_path = percent_decode_str(req.raw_path).decode_utf8_lossy();
@@ -259,6 +263,29 @@ pub fn sign(
         names.join(";"),
         hex::encode(mac.finalize().into_bytes())
     )
+}
+
+/// Signing keys derived so far: a key signs with the same one all day, and deriving it costs
+/// four HMACs per request. Keyed by everything the derivation reads, the secret included, so a
+/// changed secret never meets an old key. Bounded; it starts over when full.
+static SIGNING_KEYS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Arc<[u8]>>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Most signing keys remembered.
+const MAX_SIGNING_KEYS: usize = 1024;
+
+fn cached_signing_key(secret: &str, date: &str, region: &str, service: &str) -> Arc<[u8]> {
+    let id = format!("{date}/{region}/{service}/{secret}");
+    let mut keys = SIGNING_KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(k) = keys.get(&id) {
+        return k.clone();
+    }
+    let k: Arc<[u8]> = signing_key(secret, date, region, service).into();
+    if keys.len() >= MAX_SIGNING_KEYS {
+        keys.clear();
+    }
+    keys.insert(id, k.clone());
+    k
 }
 
 fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> Vec<u8> {

@@ -1,0 +1,97 @@
+//! In-memory copies of the small, fully replicated system tables (access keys, buckets), which
+//! every request reads twice before it touches an item.
+//!
+//! Correctness rests on one counter: every committed change to the table bumps its generation
+//! (after the commit, from the table's change hook), and a cached entry is used only while the
+//! generation it was read at is current. A reader that races a commit tags its entry with the
+//! older generation, so the next request reads the store again: the cache never serves a value
+//! older than the last commit it could have seen.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use shoal_storage::{StorageError, WriteTx};
+use shoal_table::{Change, ChangeHook};
+
+/// Most entries kept; past it the cache starts over (keys and buckets are few).
+const MAX_ENTRIES: usize = 4096;
+
+/// A generation-checked cache of one table's rows by sort key.
+pub struct RowCache<V> {
+    generation: Arc<AtomicU64>,
+    rows: Mutex<HashMap<String, (u64, Option<Arc<V>>)>>,
+}
+
+impl<V> Default for RowCache<V> {
+    fn default() -> Self {
+        RowCache {
+            generation: Arc::new(AtomicU64::new(0)),
+            rows: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<V> RowCache<V> {
+    /// The hook to install on the table: it invalidates the cache after each commit.
+    pub fn invalidator(&self) -> Arc<dyn ChangeHook> {
+        Arc::new(Invalidator(self.generation.clone()))
+    }
+
+    /// The current generation, to read before loading a row from the store.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The cached row (`Some(None)`: known absent), if still current.
+    pub fn get(&self, key: &str) -> Option<Option<Arc<V>>> {
+        let now = self.generation();
+        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        match rows.get(key) {
+            Some((g, v)) if *g == now => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    /// Remembers a row loaded from the store at generation `at`.
+    pub fn put(&self, key: &str, at: u64, row: Option<Arc<V>>) {
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        if rows.len() >= MAX_ENTRIES {
+            rows.clear();
+        }
+        rows.insert(key.to_string(), (at, row));
+    }
+}
+
+struct Invalidator(Arc<AtomicU64>);
+
+impl ChangeHook for Invalidator {
+    fn on_change(&self, tx: &mut dyn WriteTx, _change: &Change<'_>) -> Result<(), StorageError> {
+        let generation = self.0.clone();
+        tx.after_commit(Box::new(move || {
+            generation.fetch_add(1, Ordering::AcqRel);
+        }));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_read_before_a_commit_is_not_served_after_it() {
+        let cache = RowCache::<String>::default();
+        let at = cache.generation();
+        cache.put("k", at, Some(Arc::new("old".into())));
+        assert_eq!(cache.get("k").unwrap().as_deref(), Some(&"old".to_string()));
+        // A commit lands (what the hook's after-commit action does).
+        cache.generation.fetch_add(1, Ordering::AcqRel);
+        assert!(cache.get("k").is_none());
+        // A reader that loaded before the commit but stores after it tags the old generation.
+        cache.put("k", at, Some(Arc::new("old".into())));
+        assert!(cache.get("k").is_none());
+        cache.put("k", cache.generation(), None);
+        assert_eq!(cache.get("k"), Some(None));
+    }
+}
