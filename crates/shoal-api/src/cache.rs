@@ -17,10 +17,13 @@ use shoal_table::{Change, ChangeHook};
 /// Most entries kept; past it the cache starts over (keys and buckets are few).
 const MAX_ENTRIES: usize = 4096;
 
+/// A cached row (`None`: known absent) and the generation it was read at.
+type Tagged<V> = (u64, Option<Arc<V>>);
+
 /// A generation-checked cache of one table's rows by sort key.
 pub struct RowCache<V> {
     generation: Arc<AtomicU64>,
-    rows: Mutex<HashMap<String, (u64, Option<Arc<V>>)>>,
+    rows: Mutex<HashMap<String, Tagged<V>>>,
 }
 
 impl<V> Default for RowCache<V> {
