@@ -43,6 +43,10 @@ pub struct Args {
     /// Longest wait for a catch-up or repair figure (Garage's anti-entropy runs every 10 min).
     #[arg(long, default_value_t = 660)]
     cap: u64,
+    /// Runs of Garage's catch-up and repair (default: --runs). Its catch-up waits for its
+    /// 10-minute anti-entropy pass and its repair takes about a quarter of an hour.
+    #[arg(long)]
+    peer_sync_runs: Option<usize>,
     /// Only the load scenarios (no catch-up, no repair).
     #[arg(long)]
     skip_sync_scenarios: bool,
@@ -372,6 +376,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             for row in catch_up_and_repair(
                 &rt,
                 args,
+                args.runs,
                 &mut ShoalReplicas(&mut cluster),
                 &target,
                 Duration::from_secs(args.cap),
@@ -405,6 +410,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                         for row in catch_up_and_repair(
                             &rt,
                             args,
+                            args.peer_sync_runs.unwrap_or(args.runs),
                             &mut GarageReplicas(&mut g),
                             &target,
                             Duration::from_secs(args.cap),
@@ -633,6 +639,7 @@ impl Replicas for ShoalReplicas<'_> {
 fn catch_up_and_repair(
     rt: &tokio::runtime::Runtime,
     args: &Args,
+    runs: usize,
     sys: &mut dyn Replicas,
     target: &Target,
     cap: Duration,
@@ -645,7 +652,7 @@ fn catch_up_and_repair(
     let mut catch_bytes = Vec::new();
     let mut reached = true;
     let mut held_at_cap = None;
-    for run in 0..args.runs {
+    for run in 0..runs {
         let base = sys.count(0)?;
         sys.stop_node3()?;
         let n = args.catch_up_items;
@@ -693,7 +700,7 @@ fn catch_up_and_repair(
     let mut rep_bytes = Vec::new();
     let mut complete = true;
     let mut held_at_cap = None;
-    for run in 0..args.runs {
+    for run in 0..runs {
         sys.stop_node3()?;
         sys.wipe_node3()?;
         counter.zero()?;
