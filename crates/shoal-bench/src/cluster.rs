@@ -579,8 +579,8 @@ fn load_scenarios(
 /// what node 3's own store holds, and write through nodes 1 and 2 only.
 trait Replicas {
     fn name(&self) -> &'static str;
-    /// The RPC ports of all three nodes (bytes are counted on them).
-    fn rpc_ports(&self) -> String;
+    /// The RPC addresses (ip, port) of all three nodes: bytes are counted on them.
+    fn rpc_addrs(&self) -> Vec<(String, u16)>;
     fn stop_node3(&mut self) -> anyhow::Result<()>;
     fn start_node3(&mut self) -> anyhow::Result<()>;
     /// Deletes node 3's data but its identity (node 3 stopped).
@@ -599,8 +599,12 @@ impl Replicas for ShoalReplicas<'_> {
     fn name(&self) -> &'static str {
         "shoal"
     }
-    fn rpc_ports(&self) -> String {
-        self.0.nodes[0].spec.rpc_port.to_string()
+    fn rpc_addrs(&self) -> Vec<(String, u16)> {
+        self.0
+            .nodes
+            .iter()
+            .map(|n| (n.spec.ip.clone(), n.spec.rpc_port))
+            .collect()
     }
     fn stop_node3(&mut self) -> anyhow::Result<()> {
         self.0.stop(2);
@@ -645,7 +649,7 @@ fn catch_up_and_repair(
     cap: Duration,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut rows = Vec::new();
-    let counter = byte_counter(&sys.rpc_ports())?;
+    let counter = byte_counter(&sys.rpc_addrs())?;
     let two = sys.first_two()?;
     let name = sys.name();
     let mut catch = Vec::new();
@@ -744,11 +748,18 @@ fn wait_count(sys: &dyn Replicas, want: usize, within: Duration) -> bool {
     }
 }
 
-/// Bytes of every packet on some TCP ports, either direction (iptables counters).
-fn byte_counter(ports: &str) -> anyhow::Result<Chain> {
+/// Bytes of every TCP packet from or to some addresses (iptables counters). Matched on address
+/// and port together: another system's port of the same number on another address (Shoal's
+/// API port is Garage's RPC port) is not counted.
+fn byte_counter(addrs: &[(String, u16)]) -> anyhow::Result<Chain> {
     // Named after this process: two benchmarks may count at once.
     let chain = Chain::install(&format!("SHOAL_BYTES_{}", std::process::id()))?;
-    chain.append(&["-p", "tcp", "-m", "multiport", "--ports", ports])?;
+    for (ip, port) in addrs {
+        let port = port.to_string();
+        // Loopback packets pass OUTPUT once: one rule for each direction of a connection.
+        chain.append(&["-p", "tcp", "-s", ip, "--sport", &port])?;
+        chain.append(&["-p", "tcp", "-d", ip, "--dport", &port])?;
+    }
     Ok(chain)
 }
 
@@ -952,8 +963,10 @@ impl Replicas for GarageReplicas<'_> {
     fn name(&self) -> &'static str {
         "garage"
     }
-    fn rpc_ports(&self) -> String {
-        "26901,26911,26921".into()
+    fn rpc_addrs(&self) -> Vec<(String, u16)> {
+        (0..3)
+            .map(|k| ("127.0.0.1".into(), 26901 + 10 * k))
+            .collect()
     }
     fn stop_node3(&mut self) -> anyhow::Result<()> {
         self.0.stop_node(2);
