@@ -500,6 +500,29 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             );
         }
     }
+    // Catch-up and repair: time and bytes, Shoal / peer. A peer stopped at the cap took longer
+    // and exchanged at least as much: the ratio is then an upper bound.
+    for r in rows
+        .iter()
+        .filter(|r| r["system"] == "shoal" && r["bytes"].is_number())
+    {
+        for p in rows
+            .iter()
+            .filter(|p| p["system"] != "shoal" && p["scenario"] == r["scenario"])
+        {
+            let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "{}",
+                json!({
+                    "ratio": format!("shoal/{}", p["system"].as_str().unwrap_or("?")),
+                    "scenario": r["scenario"], "items": r["items"],
+                    "seconds": f(r, "seconds") / f(p, "seconds"),
+                    "bytes": f(r, "bytes") / f(p, "bytes"),
+                    "upper_bound": p["complete"] == false,
+                })
+            );
+        }
+    }
     Ok(())
 }
 
