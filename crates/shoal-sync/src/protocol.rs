@@ -333,9 +333,19 @@ impl Message {
             }
             TAG_ITEMS_ZSTD => {
                 let last = flag(&mut rest, "items")?;
-                // Bounded: a fragment never inflates past what one plain message may carry.
-                let data = zstd::bulk::decompress(rest, MAX_ITEM_BYTES_PER_MESSAGE)
-                    .map_err(|_| WireError::Malformed("compressed items"))?;
+                // Bounded: a fragment never inflates past what one plain message may carry. The
+                // frame declares its size (the encoder always writes it): exactly that much is
+                // allocated, and a frame that declares none, or more, is refused unread.
+                let malformed = WireError::Malformed("compressed items");
+                let size = zstd::zstd_safe::get_frame_content_size(rest)
+                    .ok()
+                    .flatten()
+                    .filter(|&n| n <= MAX_ITEM_BYTES_PER_MESSAGE as u64)
+                    .ok_or(malformed.clone())? as usize;
+                let data = zstd::bulk::decompress(rest, size).map_err(|_| malformed.clone())?;
+                if data.len() != size {
+                    return Err(malformed);
+                }
                 Ok(Message::Items { data, last })
             }
             other => Err(WireError::UnknownTag(other)),
@@ -454,6 +464,18 @@ mod tests {
         let mut enc = vec![TAG_ITEMS_ZSTD, 0];
         enc.extend_from_slice(&bomb);
         assert!(enc.len() < 1000);
+        assert_eq!(
+            Message::decode(&enc),
+            Err(WireError::Malformed("compressed items"))
+        );
+        // A stream-encoded frame does not declare its size: refused, however small.
+        let unsized_frame = zstd::stream::encode_all(&[5u8; 1000][..], 1).unwrap();
+        assert!(matches!(
+            zstd::zstd_safe::get_frame_content_size(&unsized_frame),
+            Ok(None)
+        ));
+        let mut enc = vec![TAG_ITEMS_ZSTD, 0];
+        enc.extend_from_slice(&unsized_frame);
         assert_eq!(
             Message::decode(&enc),
             Err(WireError::Malformed("compressed items"))
