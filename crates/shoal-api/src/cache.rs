@@ -56,6 +56,25 @@ impl<V> RowCache<V> {
         }
     }
 
+    /// The row under `key`: the cached copy while current, else what `load` reads from this
+    /// node's store. Only rows found are remembered: one not synced here yet is looked for
+    /// again (and elsewhere, by the caller) next time.
+    pub fn get_or_load<E>(
+        &self,
+        key: &str,
+        load: impl FnOnce() -> Result<Option<V>, E>,
+    ) -> Result<Option<Arc<V>>, E> {
+        if let Some(cached) = self.get(key) {
+            return Ok(cached);
+        }
+        let at = self.generation();
+        let row = load()?.map(Arc::new);
+        if row.is_some() {
+            self.put(key, at, row.clone());
+        }
+        Ok(row)
+    }
+
     /// Remembers a row loaded from the store at generation `at`.
     pub fn put(&self, key: &str, at: u64, row: Option<Arc<V>>) {
         let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
@@ -96,5 +115,28 @@ mod tests {
         assert!(cache.get("k").is_none());
         cache.put("k", cache.generation(), None);
         assert_eq!(cache.get("k"), Some(None));
+    }
+
+    #[test]
+    fn rows_found_are_loaded_once_per_generation_and_missing_ones_every_time() {
+        let cache = RowCache::<u32>::default();
+        let loads = std::cell::Cell::new(0);
+        let load = |v: Option<u32>| {
+            loads.set(loads.get() + 1);
+            Ok::<_, ()>(v)
+        };
+        for _ in 0..3 {
+            assert_eq!(cache.get_or_load("absent", || load(None)), Ok(None));
+        }
+        assert_eq!(loads.get(), 3);
+        for _ in 0..3 {
+            let row = cache.get_or_load("k", || load(Some(7))).unwrap();
+            assert_eq!(row.as_deref(), Some(&7));
+        }
+        assert_eq!(loads.get(), 4);
+        cache.generation.fetch_add(1, Ordering::AcqRel);
+        let row = cache.get_or_load("k", || load(Some(8))).unwrap();
+        assert_eq!((row.as_deref(), loads.get()), (Some(&8), 5));
+        assert_eq!(cache.get_or_load("k", || Err(())), Ok(Some(Arc::new(8))));
     }
 }

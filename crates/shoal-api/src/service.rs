@@ -510,24 +510,12 @@ impl<T: Transport> Api<T> {
 
     /// The secret of an access key (local copy first: keys are on every node).
     pub async fn key_secret(&self, id: &str) -> Result<Option<String>, ApiError> {
-        let local = match self.inner.key_cache.get(id) {
-            Some(cached) => cached,
-            None => {
-                let at = self.inner.key_cache.generation();
-                let row = self
-                    .inner
-                    .keys_local
-                    .get(&SYSTEM_PK.to_string(), &id.to_string())
-                    .map_err(|e| ApiError::Internal(e.to_string()))?
-                    .map(Arc::new);
-                // Only what this node holds is remembered: a key not synced here yet is
-                // asked of the others again next time.
-                if row.is_some() {
-                    self.inner.key_cache.put(id, at, row.clone());
-                }
-                row
-            }
-        };
+        let local = self.inner.key_cache.get_or_load(id, || {
+            self.inner
+                .keys_local
+                .get(&SYSTEM_PK.to_string(), &id.to_string())
+                .map_err(|e| ApiError::Internal(e.to_string()))
+        })?;
         let key = match local {
             Some(k) => Some(Arc::unwrap_or_clone(k)),
             None => {
@@ -544,22 +532,12 @@ impl<T: Transport> Api<T> {
 
     /// A bucket by name (local copy first).
     pub async fn bucket(&self, name: &str) -> Result<Option<Bucket>, ApiError> {
-        let local = match self.inner.bucket_cache.get(name) {
-            Some(cached) => cached,
-            None => {
-                let at = self.inner.bucket_cache.generation();
-                let row = self
-                    .inner
-                    .buckets_local
-                    .get(&SYSTEM_PK.to_string(), &name.to_string())
-                    .map_err(|e| ApiError::Internal(e.to_string()))?
-                    .map(Arc::new);
-                if row.is_some() {
-                    self.inner.bucket_cache.put(name, at, row.clone());
-                }
-                row
-            }
-        };
+        let local = self.inner.bucket_cache.get_or_load(name, || {
+            self.inner
+                .buckets_local
+                .get(&SYSTEM_PK.to_string(), &name.to_string())
+                .map_err(|e| ApiError::Internal(e.to_string()))
+        })?;
         let b = match local {
             Some(b) => Some(Arc::unwrap_or_clone(b)),
             None => {
