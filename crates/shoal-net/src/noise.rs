@@ -214,6 +214,10 @@ impl Sealer {
             out.truncate(n);
             frames.push(out.freeze());
         }
+        // A rare large message (a sync batch) must not pin its buffer for the connection's life.
+        if self.plain.capacity() > 4 * MAX_FRAME {
+            self.plain = Vec::new();
+        }
     }
 }
 
