@@ -11,7 +11,8 @@ pub const PARTITIONS: usize = 256;
 /// What a node is in the layout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRole {
-    /// Failure domain (rack, room, site): replicas of a partition go to distinct zones.
+    /// Failure domain (rack, room, site): a partition's replicas spread over zones, at most
+    /// [`replicas_per_zone`] of them in any one.
     pub zone: String,
     /// Relative storage capacity; `None` for a gateway that stores nothing.
     pub capacity: Option<u64>,
@@ -161,9 +162,23 @@ fn water_fill<K: Ord + Clone>(weights: &BTreeMap<K, (f64, f64)>, total: f64) -> 
     out
 }
 
+/// The most replicas of one partition that any zone may hold: the smallest number the zones'
+/// storage nodes allow, so that a partition spreads over as many zones as it can (1 when there
+/// are at least `rf` zones). Spreading even when zones are fewer than `rf` keeps a later
+/// layout, with more zones, from having to move replicas between zones.
+pub fn replicas_per_zone(roles: &BTreeMap<NodeId, NodeRole>, rf: usize) -> usize {
+    let mut nodes_per_zone: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in roles.values().filter(|r| r.capacity.is_some()) {
+        *nodes_per_zone.entry(r.zone.as_str()).or_default() += 1;
+    }
+    let largest = nodes_per_zone.values().copied().max().unwrap_or(0);
+    (1..=largest.max(1))
+        .find(|&m| nodes_per_zone.values().map(|&n| n.min(m)).sum::<usize>() >= rf)
+        .unwrap_or(largest.max(1))
+}
+
 /// How many replicas each storage node should hold: proportional to capacity, but a node holds
-/// at most one replica of each partition, and so does a zone when there are at least `rf`
-/// zones.
+/// at most one replica of each partition, and a zone at most [`replicas_per_zone`].
 fn targets(roles: &BTreeMap<NodeId, NodeRole>, rf: usize) -> BTreeMap<NodeId, f64> {
     let storage: Vec<(NodeId, u64, &str)> = roles
         .iter()
@@ -171,16 +186,15 @@ fn targets(roles: &BTreeMap<NodeId, NodeRole>, rf: usize) -> BTreeMap<NodeId, f6
         .collect();
     let zones: BTreeSet<&str> = storage.iter().map(|(_, _, z)| *z).collect();
     let per_partition = PARTITIONS as f64;
+    let per_zone = replicas_per_zone(roles, rf) as f64;
     let mut zone_weights: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
     for (_, c, z) in &storage {
         let e = zone_weights.entry(z).or_insert((0.0, 0.0));
         e.0 += *c as f64;
         e.1 += per_partition;
     }
-    if zones.len() >= rf {
-        for w in zone_weights.values_mut() {
-            w.1 = w.1.min(per_partition);
-        }
+    for w in zone_weights.values_mut() {
+        w.1 = w.1.min(per_partition * per_zone);
     }
     let zone_share = water_fill(&zone_weights, (PARTITIONS * rf) as f64);
     let mut out = BTreeMap::new();
@@ -196,7 +210,7 @@ fn targets(roles: &BTreeMap<NodeId, NodeRole>, rf: usize) -> BTreeMap<NodeId, f6
 }
 
 /// Assigns `rf` distinct nodes to every partition, keeping what `previous` had where it is still
-/// valid, in distinct zones whenever there are at least `rf` zones, with per-node counts close
+/// valid, at most [`replicas_per_zone`] in any zone, with per-node counts close
 /// to capacity-proportional targets. Deterministic.
 pub fn assign(
     previous: &[Vec<NodeId>],
@@ -221,37 +235,55 @@ pub fn assign(
         });
     }
     let zone_of = |n: &NodeId| roles[n].zone.as_str();
-    let zones: BTreeSet<&str> = storage.iter().map(zone_of).collect();
-    let distinct_zones = zones.len() >= rf;
+    let per_zone = replicas_per_zone(roles, rf);
+    // Replicas among `nodes`, other than `except`, in `node`'s zone.
+    let in_zone = |nodes: &[NodeId], node: &NodeId, except: Option<&NodeId>| {
+        nodes
+            .iter()
+            .filter(|k| Some(*k) != except && zone_of(k) == zone_of(node))
+            .count()
+    };
     let target = targets(roles, rf);
     let mut count: BTreeMap<NodeId, usize> = storage.iter().map(|n| (*n, 0)).collect();
 
-    // 1. Keep valid previous replicas: still storage nodes, one per zone when zones suffice.
+    // 1. Keep valid previous replicas: still storage nodes, within rf and the zone limit. Where
+    //    a partition has too many, the node furthest over its target gives its replica up, so
+    //    that what is dropped here is what the balance would have moved anyway.
     let mut out: Vec<Vec<NodeId>> = Vec::with_capacity(PARTITIONS);
     for p in 0..PARTITIONS {
         let mut kept: Vec<NodeId> = Vec::new();
         for n in previous.get(p).map(Vec::as_slice).unwrap_or(&[]) {
-            if !count.contains_key(n) || kept.contains(n) || kept.len() >= rf {
-                continue;
+            if count.contains_key(n) && !kept.contains(n) {
+                kept.push(*n);
             }
-            if distinct_zones && kept.iter().any(|k| zone_of(k) == zone_of(n)) {
-                continue;
-            }
-            kept.push(*n);
         }
         for n in &kept {
             *count.get_mut(n).expect("storage node") += 1;
         }
         out.push(kept);
     }
+    for kept in &mut out {
+        loop {
+            let over_zone = |n: &NodeId| in_zone(kept, n, None) > per_zone;
+            let droppable = kept.iter().filter(|n| kept.len() > rf || over_zone(n));
+            let Some(&drop) = droppable.max_by(|a, b| {
+                let sa = count[*a] as f64 - target[*a];
+                let sb = count[*b] as f64 - target[*b];
+                sa.partial_cmp(&sb).expect("finite").then_with(|| a.cmp(b))
+            }) else {
+                break;
+            };
+            kept.retain(|n| *n != drop);
+            *count.get_mut(&drop).expect("storage node") -= 1;
+        }
+    }
     // 2. Fill every partition up to rf with the most under-target eligible node.
     #[allow(clippy::needless_range_loop)] // `p` indexes `out` inside a closure too.
     for p in 0..PARTITIONS {
         while out[p].len() < rf {
-            let eligible = storage.iter().filter(|n| {
-                !out[p].contains(n)
-                    && (!distinct_zones || out[p].iter().all(|k| zone_of(k) != zone_of(n)))
-            });
+            let eligible = storage
+                .iter()
+                .filter(|n| !out[p].contains(n) && in_zone(&out[p], n, None) < per_zone);
             let best = eligible
                 .max_by(|a, b| {
                     let da = target[*a] - count[*a] as f64;
@@ -269,11 +301,7 @@ pub fn assign(
     //    in some partition, a1 takes a slot of a2 elsewhere, ..., until a node over its target
     //    gives one up. Every path lowers the total deviation, so this ends.
     let valid_swap = |nodes: &[NodeId], out_node: NodeId, in_node: NodeId| {
-        !nodes.contains(&in_node)
-            && (!distinct_zones
-                || nodes
-                    .iter()
-                    .all(|k| *k == out_node || zone_of(k) != zone_of(&in_node)))
+        !nodes.contains(&in_node) && in_zone(nodes, &in_node, Some(&out_node)) < per_zone
     };
     loop {
         let deficit = |n: &NodeId, count: &BTreeMap<NodeId, usize>| target[n] - count[n] as f64;

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use shoal_cluster::layout::{Layout, LayoutError, NodeRole, PARTITIONS};
+use shoal_cluster::layout::{Layout, LayoutError, NodeRole, PARTITIONS, replicas_per_zone};
 use shoal_table::crdt::NodeId;
 
 fn id(i: u8) -> NodeId {
@@ -46,6 +46,17 @@ fn check_valid(l: &Layout) {
         if zones.len() >= l.replication_factor {
             let z: BTreeSet<_> = nodes.iter().map(|n| &l.roles[n].zone).collect();
             assert_eq!(z.len(), nodes.len(), "distinct zones in partition {p}");
+        }
+        let per_zone = replicas_per_zone(&l.roles, l.replication_factor);
+        for n in nodes {
+            let same = nodes
+                .iter()
+                .filter(|k| l.roles[*k].zone == l.roles[n].zone)
+                .count();
+            assert!(
+                same <= per_zone,
+                "partition {p}: {same} replicas in one zone"
+            );
         }
     }
 }
@@ -185,15 +196,68 @@ fn to_roles(spec: &[(u8, u8, Option<u64>)]) -> BTreeMap<NodeId, NodeRole> {
         .collect()
 }
 
+/// Two zones, three replicas: every partition spans both zones, so losing either zone loses no
+/// partition, and a third zone's arrival moves few replicas besides the new node's. A random
+/// proptest input found this: partitions could sit wholly in one zone, and growing moved 393
+/// replicas where 256 were necessary.
+#[test]
+fn fewer_zones_than_replicas_still_spread_and_a_new_zone_moves_little() {
+    let r = roles(&[
+        (1, "z2", Some(3)),
+        (2, "z3", Some(3)),
+        (3, "z3", Some(3)),
+        (4, "z2", Some(1)),
+        (5, "z3", Some(3)),
+        (6, "z2", Some(2)),
+    ]);
+    assert_eq!(replicas_per_zone(&r, 3), 2);
+    let (l, _) = Layout::empty(3).apply(r.clone()).unwrap();
+    check_valid(&l);
+    for p in 0..PARTITIONS {
+        let z: BTreeSet<_> = l.assignment[p].iter().map(|n| &l.roles[n].zone).collect();
+        assert_eq!(z.len(), 2, "partition {p} spans both zones");
+    }
+    let mut grown = r.clone();
+    grown.insert(
+        id(200),
+        NodeRole {
+            zone: "z4".into(),
+            capacity: Some(1),
+        },
+    );
+    let (g, moved) = l.apply(grown).unwrap();
+    check_valid(&g);
+    assert_eq!(necessary_moves(&l, &g), 256);
+    // Which z2 replica each two-z2 partition had decides how many must still move between z2's
+    // nodes to rebalance them; that is why this is more than 256 (290 today), and it was 393.
+    assert!(
+        moved <= 256 * 3 / 2 + 8,
+        "moved {moved} where 256 were necessary"
+    );
+}
+
+#[test]
+fn replicas_per_zone_is_the_least_the_zones_allow() {
+    let r = roles(&[
+        (1, "a", Some(1)),
+        (2, "a", Some(1)),
+        (3, "a", Some(1)),
+        (4, "a", Some(1)),
+        (5, "a", Some(1)),
+        (6, "b", Some(1)),
+        (7, "gw", None),
+    ]);
+    // One node in b: four replicas need three in a.
+    assert_eq!(replicas_per_zone(&r, 4), 3);
+    assert_eq!(replicas_per_zone(&r, 2), 1);
+    assert_eq!(replicas_per_zone(&r, 3), 2);
+    let one = roles(&[(1, "a", Some(1)), (2, "a", Some(1)), (3, "a", Some(1))]);
+    assert_eq!(replicas_per_zone(&one, 3), 3);
+}
+
 proptest! {
-    // A fixed seed: the suite must give the same answer on every run. Random seeds found an input
-    // whose growth moves 393 partitions where 256 were necessary (over the 1.5× + 8 bound):
-    // nodes (zone, capacity) 1:(2,3) 2:(3,3) 3:(3,3) 4:(2,1) 5:(3,3) 6:(2,2), rf 3, then a node
-    // of capacity 1 in zone 4. An open churn bug of the layout assignment, not hidden: see the
-    // closing note of 2026-11-26.
     #![proptest_config(ProptestConfig {
         cases: 64,
-        rng_seed: proptest::test_runner::RngSeed::Fixed(20261126),
         ..ProptestConfig::default()
     })]
 
