@@ -1729,10 +1729,24 @@ impl<T: Transport> Node<T> {
                 .map(|state| Node { state }.replication_of(&name))
                 .unwrap_or_default();
             let mut work = crate::worklist::WorkList::new(config.seed, replication);
+            // Peers already up when the syncer starts: a restarted node hears from them in its
+            // first heartbeat round, before this task subscribed to their coming up, and may
+            // have missed writes while it was away (even if no one saw it down). What it shares
+            // with them is queued now rather than at the first full scan.
+            if let Some(state) = node.upgrade() {
+                let me = Node { state };
+                let layout = me.layout();
+                for p in me.peers().into_iter().filter(|p| p.up) {
+                    work.peer_up(&layout, me.id(), p.id);
+                }
+            }
             // The layout version whose after-acknowledgement pass has been queued.
             let mut ack_pass: Option<u64> = None;
             let mut prev = layout_rx.borrow_and_update().clone();
             let mut next_full = tokio::time::Instant::now() + config.start_delay;
+            // Work postpones the next full scan, but not the first: that one also finds data
+            // this node holds outside its partitions, which no event queues.
+            let mut scanned = false;
             // Failed partitions come back after a delay that doubles with each failure (1 s up
             // to a minute), instead of waiting for the next full scan.
             let mut retry: BTreeMap<u8, (tokio::time::Instant, crate::worklist::Work, u32)> =
@@ -1784,12 +1798,15 @@ impl<T: Transport> Node<T> {
                         .await
                         .expect("full scan task");
                     next_full = tokio::time::Instant::now() + config.scan_interval;
+                    scanned = true;
                     me.bump(&name, |s| s.full_scans += 1);
                 }
                 me.set_queued(&name, work.len());
                 debug!(table = %name, queued = work.len(), layout = prev.version, "syncer loop");
                 if let Some(w) = work.pop() {
-                    next_full = tokio::time::Instant::now() + config.scan_interval;
+                    if scanned {
+                        next_full = tokio::time::Instant::now() + config.scan_interval;
+                    }
                     me.bump(&name, |s| s.in_progress += 1);
                     let outcome = me.process(&name, &t, w, config.write_quorum).await;
                     me.bump(&name, |s| s.in_progress -= 1);

@@ -52,21 +52,33 @@ impl Schema for KvTable {
 struct TestNode {
     node: Node<TcpTransport>,
     table: Table<KvTable>,
-    _dir: tempfile::TempDir,
+    store: Store,
+    dir: tempfile::TempDir,
 }
 
 async fn start(secret: &ClusterSecret, bootstrap: Vec<String>) -> TestNode {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(tempfile::tempdir().unwrap(), None, secret, bootstrap, 3).await
+}
+
+/// A node on `dir` (its key) and `store` (opened there if `None`), marking a peer down after
+/// `down_after` missed heartbeats.
+async fn start_in(
+    dir: tempfile::TempDir,
+    store: Option<Store>,
+    secret: &ClusterSecret,
+    bootstrap: Vec<String>,
+    down_after: u32,
+) -> TestNode {
     let key = NodeKey::load_or_create(dir.path()).unwrap();
-    let store = Store::open(dir.path().join("db.redb")).unwrap();
+    let store = store.unwrap_or_else(|| Store::open(dir.path().join("db.redb")).unwrap());
     let index = PartitionIndex::open_async(&store, "kv", IdKey::derive(secret.as_bytes()))
         .await
         .unwrap();
-    let table = Table::<KvTable>::new(store).with_hook(index.clone());
+    let table = Table::<KvTable>::new(store.clone()).with_hook(index.clone());
     let config = NodeConfig {
         bootstrap,
         heartbeat: Duration::from_millis(100),
-        down_after: 3,
+        down_after,
         net: NetConfig {
             handshake_timeout: Duration::from_millis(500),
             ..NetConfig::default()
@@ -87,7 +99,8 @@ async fn start(secret: &ClusterSecret, bootstrap: Vec<String>) -> TestNode {
     TestNode {
         node,
         table,
-        _dir: dir,
+        store,
+        dir,
     }
 }
 
@@ -359,4 +372,101 @@ async fn a_fully_replicated_table_reaches_every_node() {
     }
     assert_eq!(a.node.nodes_for("sys", 0).len(), 3);
     assert_eq!(a.node.nodes_for("kv", 0).len(), 2);
+}
+
+fn items(prefix: &str, n: usize) -> Vec<Kv> {
+    (0..n)
+        .map(|i| Kv {
+            pk: format!("{prefix}{i}"),
+            sk: "s".into(),
+            v: Lww::new(Stamp::new(1, NodeId([1; 32])), format!("v{i}")),
+        })
+        .collect()
+}
+
+fn holds_all(t: &Table<KvTable>, items: &[Kv]) -> bool {
+    tokio::task::block_in_place(|| {
+        items
+            .iter()
+            .all(|it| t.get(&it.pk, &it.sk).unwrap().is_some())
+    })
+}
+
+/// Syncers that only their events can wake: no full scan within the test.
+fn event_driven() -> shoal_cluster::node::SyncerConfig {
+    shoal_cluster::node::SyncerConfig {
+        start_delay: Duration::from_secs(3600),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_unseen_catches_up_at_once() {
+    let secret = ClusterSecret::from_bytes([21; 32]);
+    // No one is ever marked down here, and A and B run no syncer: C catches up by itself.
+    let never_down = 1_000_000;
+    let a = start_in(
+        tempfile::tempdir().unwrap(),
+        None,
+        &secret,
+        vec![],
+        never_down,
+    )
+    .await;
+    let seed = vec![a.node.public_addr()];
+    let b = start_in(
+        tempfile::tempdir().unwrap(),
+        None,
+        &secret,
+        seed.clone(),
+        never_down,
+    )
+    .await;
+    let c = start_in(
+        tempfile::tempdir().unwrap(),
+        None,
+        &secret,
+        seed.clone(),
+        never_down,
+    )
+    .await;
+    for n in [&a, &b, &c] {
+        wait_until("all peers are up", || up_peers(&n.node) == 2).await;
+    }
+    apply_layout([&a, &b, &c], 3).await;
+
+    // C stops; A and B take writes it misses; C comes back (same key, same store) before
+    // anyone marks it down, its first full scan an hour away.
+    let (dir, store) = (c.dir, c.store);
+    c.node.shutdown();
+    drop((c.node, c.table));
+    let missed = items("missed", 200);
+    a.table.insert_many_async(missed.clone()).await.unwrap();
+    b.table.insert_many_async(missed.clone()).await.unwrap();
+    let c = start_in(dir, Some(store), &secret, seed, never_down).await;
+    assert!(!holds_all(&c.table, &missed));
+    wait_until("C hears from its peers", || up_peers(&c.node) == 2).await;
+    c.node.start_syncer("kv", event_driven()).unwrap();
+    let t = c.table.clone();
+    wait_until("C pulls what it missed", move || holds_all(&t, &missed)).await;
+    assert!(
+        a.node.peers().iter().all(|p| p.up),
+        "C was never marked down"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_syncer_starts_with_what_it_shares_with_peers_already_up() {
+    let secret = ClusterSecret::from_bytes([22; 32]);
+    let (a, b, c, _) = formed_cluster(&secret, 3).await;
+    // Items on A alone; no syncer on A or B, and C's first full scan an hour away.
+    let only_on_a = items("a", 100);
+    a.table.insert_many_async(only_on_a.clone()).await.unwrap();
+    c.node.start_syncer("kv", event_driven()).unwrap();
+    let t = c.table.clone();
+    wait_until("C pulls from the peers it found up", move || {
+        holds_all(&t, &only_on_a)
+    })
+    .await;
+    assert!(!holds_all(&b.table, &items("a", 100)), "B ran no syncer");
 }

@@ -122,13 +122,16 @@ fn adding_and_removing_nodes_moves_items_to_exactly_their_replicas() {
     )
     .unwrap();
     drop(f);
-    let node4 = start_server(&conf(4));
+    let mut node4 = start_server(&conf(4));
     let start = Instant::now();
     loop {
         let s = json(&conf(1), &["status", "--json"]);
         let nodes = s["nodes"].as_array().unwrap();
         if nodes.len() == 4 && nodes.iter().all(|n| n["up"] == true) {
             break;
+        }
+        if let Some(status) = node4.try_wait().unwrap() {
+            panic!("node 4 exited ({status}) before joining: {s}");
         }
         assert!(
             start.elapsed() < Duration::from_secs(30),

@@ -12,8 +12,11 @@ pub fn shoal() -> Command {
 }
 
 /// A base port for this test process, `offset` apart from other tests of the same binary.
+/// A cluster uses ports up to base + 2000 + nodes: all of them stay below 32768, where Linux
+/// starts handing out ephemeral ports to outgoing connections (a node could not bind a port
+/// that some connection of the test run happened to hold).
 pub fn base_port(offset: u32) -> u16 {
-    20000 + ((std::process::id() + offset) % 20000) as u16
+    20000 + ((std::process::id() + offset) % 10000) as u16
 }
 
 /// Starts `shoal dev` with `nodes` nodes and waits for its "ready" line; returns the child and
