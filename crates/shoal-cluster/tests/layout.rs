@@ -47,6 +47,10 @@ fn check_valid(l: &Layout) {
             let z: BTreeSet<_> = nodes.iter().map(|n| &l.roles[n].zone).collect();
             assert_eq!(z.len(), nodes.len(), "distinct zones in partition {p}");
         }
+        if zones.len() >= 2 && l.replication_factor >= 2 {
+            let z: BTreeSet<_> = nodes.iter().map(|n| &l.roles[n].zone).collect();
+            assert!(z.len() >= 2, "partition {p} lives in one zone alone");
+        }
         let per_zone = replicas_per_zone(&l.roles, l.replication_factor);
         for n in nodes {
             let same = nodes

@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 
 use crate::NodeId;
 use crate::identity::{ClusterSecret, NodeKey};
+use crate::metrics::CallOutcome;
 use crate::noise::{ChannelError, HandshakeError, Opener, Sealer, Secured, handshake};
 use crate::transport::Transport;
 
@@ -452,9 +453,9 @@ impl<T: Transport> Network<T> {
             }
         };
         let outcome = match &result {
-            Ok(_) => "ok",
-            Err(RpcError::Timeout { .. }) => "timeout",
-            Err(_) => "error",
+            Ok(_) => CallOutcome::Ok,
+            Err(RpcError::Timeout { .. }) => CallOutcome::Timeout,
+            Err(_) => CallOutcome::Error,
         };
         self.inner
             .metrics
