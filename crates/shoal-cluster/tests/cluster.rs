@@ -120,10 +120,20 @@ fn up_peers(n: &Node<TcpTransport>) -> usize {
 
 /// Three nodes that found each other through A's address alone.
 async fn three_nodes(secret: &ClusterSecret) -> (TestNode, TestNode, TestNode) {
-    let a = start(secret, vec![]).await;
+    three_nodes_marking_down_after(secret, 3).await
+}
+
+/// Three nodes that found each other through A's address alone, each marking a peer down after
+/// `down_after` missed heartbeats.
+async fn three_nodes_marking_down_after(
+    secret: &ClusterSecret,
+    down_after: u32,
+) -> (TestNode, TestNode, TestNode) {
+    let fresh = || tempfile::tempdir().unwrap();
+    let a = start_in(fresh(), None, secret, vec![], down_after).await;
     let seed = vec![a.node.public_addr()];
-    let b = start(secret, seed.clone()).await;
-    let c = start(secret, seed).await;
+    let b = start_in(fresh(), None, secret, seed.clone(), down_after).await;
+    let c = start_in(fresh(), None, secret, seed, down_after).await;
     for n in [&a, &b, &c] {
         wait_until("all peers are up", || up_peers(&n.node) == 2).await;
     }
@@ -404,35 +414,8 @@ fn event_driven() -> shoal_cluster::node::SyncerConfig {
 async fn a_node_restarted_unseen_catches_up_at_once() {
     let secret = ClusterSecret::from_bytes([21; 32]);
     // No one is ever marked down here, and A and B run no syncer: C catches up by itself.
-    let never_down = 1_000_000;
-    let a = start_in(
-        tempfile::tempdir().unwrap(),
-        None,
-        &secret,
-        vec![],
-        never_down,
-    )
-    .await;
+    let (a, b, c) = three_nodes_marking_down_after(&secret, 1_000_000).await;
     let seed = vec![a.node.public_addr()];
-    let b = start_in(
-        tempfile::tempdir().unwrap(),
-        None,
-        &secret,
-        seed.clone(),
-        never_down,
-    )
-    .await;
-    let c = start_in(
-        tempfile::tempdir().unwrap(),
-        None,
-        &secret,
-        seed.clone(),
-        never_down,
-    )
-    .await;
-    for n in [&a, &b, &c] {
-        wait_until("all peers are up", || up_peers(&n.node) == 2).await;
-    }
     apply_layout([&a, &b, &c], 3).await;
 
     // C stops; A and B take writes it misses; C comes back (same key, same store) before
@@ -443,7 +426,7 @@ async fn a_node_restarted_unseen_catches_up_at_once() {
     let missed = items("missed", 200);
     a.table.insert_many_async(missed.clone()).await.unwrap();
     b.table.insert_many_async(missed.clone()).await.unwrap();
-    let c = start_in(dir, Some(store), &secret, seed, never_down).await;
+    let c = start_in(dir, Some(store), &secret, seed, 1_000_000).await;
     assert!(!holds_all(&c.table, &missed));
     wait_until("C hears from its peers", || up_peers(&c.node) == 2).await;
     c.node.start_syncer("kv", event_driven()).unwrap();
