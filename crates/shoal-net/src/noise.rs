@@ -187,24 +187,32 @@ pub enum ChannelError {
 }
 
 /// Encrypts application messages into frames, reusing one buffer for the plaintext.
+///
+/// Messages are queued, then sealed together: the queued messages (each behind its length)
+/// form one stream cut into frames of at most [`MAX_PLAINTEXT`] bytes. A batch of small
+/// messages thus costs one encryption, not one each: for a message of a hundred bytes the
+/// cipher's per-call setup (Poly1305's key powers) costs more than the bytes themselves.
 #[derive(Default)]
 pub struct Sealer {
     plain: Vec<u8>,
 }
 
 impl Sealer {
-    /// Encrypts one application message and appends its frames to `frames`. Each frame is
-    /// encrypted straight into its own buffer: no 64 KiB scratch per message.
-    pub fn seal(
-        &mut self,
-        cipher: &Mutex<snow::TransportState>,
-        message: &[u8],
-        frames: &mut Vec<Bytes>,
-    ) {
-        self.plain.clear();
+    /// Queues one application message for the next [`Sealer::seal`].
+    pub fn queue(&mut self, message: &[u8]) {
         self.plain
             .extend_from_slice(&(message.len() as u32).to_be_bytes());
         self.plain.extend_from_slice(message);
+    }
+
+    /// Bytes queued since the last seal.
+    pub fn queued(&self) -> usize {
+        self.plain.len()
+    }
+
+    /// Encrypts everything queued and appends the frames to `frames`. Each frame is encrypted
+    /// straight into its own buffer.
+    pub fn seal(&mut self, cipher: &Mutex<snow::TransportState>, frames: &mut Vec<Bytes>) {
         let mut t = cipher.lock().unwrap_or_else(|p| p.into_inner());
         for chunk in self.plain.chunks(MAX_PLAINTEXT) {
             let mut out = BytesMut::zeroed(chunk.len() + TAG_LEN);
@@ -214,6 +222,8 @@ impl Sealer {
             out.truncate(n);
             frames.push(out.freeze());
         }
+        drop(t);
+        self.plain.clear();
         // A rare large message (a sync batch) must not pin its buffer for the connection's life.
         if self.plain.capacity() > 4 * MAX_FRAME {
             self.plain = Vec::new();
@@ -262,20 +272,21 @@ impl Opener {
             }
         }
         self.buf.extend_from_slice(&self.scratch[..n]);
-        loop {
-            if self.buf.len() < 4 {
-                break;
-            }
-            let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4")) as usize;
+        // A frame may carry many messages (a sealed batch): read them at a cursor and drop
+        // the consumed bytes once, not once per message.
+        let mut at = 0;
+        while self.buf.len() - at >= 4 {
+            let len = u32::from_be_bytes(self.buf[at..at + 4].try_into().expect("4")) as usize;
             if len > self.max_message {
                 return Err(ChannelError::TooLarge(len as u64));
             }
-            if self.buf.len() < 4 + len {
+            if self.buf.len() - at < 4 + len {
                 break;
             }
-            done.push(self.buf[4..4 + len].to_vec());
-            self.buf.drain(..4 + len);
+            done.push(self.buf[at + 4..at + 4 + len].to_vec());
+            at += 4 + len;
         }
+        self.buf.drain(..at);
         Ok(done)
     }
 }
@@ -321,17 +332,41 @@ mod tests {
             .enumerate()
             .map(|(k, &n)| (0..n).map(|j| (j * 31 + k) as u8).collect())
             .collect();
+        // Sealed one by one, all at once, and in uneven batches: the same messages come out.
+        let groupings: [&[usize]; 3] = [&[1; 8], &[8], &[3, 1, 4]];
+        for grouping in groupings {
+            let mut sealer = Sealer::default();
+            let mut frames = Vec::new();
+            let mut next = messages.iter();
+            for &count in grouping {
+                for m in next.by_ref().take(count) {
+                    sealer.queue(m);
+                }
+                sealer.seal(&tx, &mut frames);
+                assert_eq!(sealer.queued(), 0);
+            }
+            assert!(frames.iter().all(|f| f.len() <= MAX_FRAME));
+            let mut opener = Opener::new(1 << 20);
+            let mut opened = Vec::new();
+            for f in &frames {
+                opened.extend(opener.push(&rx, f).unwrap());
+            }
+            assert_eq!(opened, messages, "grouping {grouping:?}");
+        }
+    }
+
+    #[test]
+    fn a_batch_of_small_messages_is_one_frame() {
+        let (tx, rx) = pair();
+        let messages: Vec<Vec<u8>> = (0..50u8).map(|k| vec![k; 100]).collect();
         let mut sealer = Sealer::default();
-        let mut frames = Vec::new();
         for m in &messages {
-            sealer.seal(&tx, m, &mut frames);
+            sealer.queue(m);
         }
-        assert!(frames.iter().all(|f| f.len() <= MAX_FRAME));
-        let mut opener = Opener::new(1 << 20);
-        let mut opened = Vec::new();
-        for f in &frames {
-            opened.extend(opener.push(&rx, f).unwrap());
-        }
+        let mut frames = Vec::new();
+        sealer.seal(&tx, &mut frames);
+        assert_eq!(frames.len(), 1);
+        let opened = Opener::new(1 << 20).push(&rx, &frames[0]).unwrap();
         assert_eq!(opened, messages);
     }
 
@@ -340,7 +375,9 @@ mod tests {
         for size in [100, 100_000] {
             let (tx, rx) = pair();
             let mut frames = Vec::new();
-            Sealer::default().seal(&tx, &vec![1u8; size], &mut frames);
+            let mut sealer = Sealer::default();
+            sealer.queue(&vec![1u8; size]);
+            sealer.seal(&tx, &mut frames);
             let mut opener = Opener::new(size - 1);
             let err = opener.push(&rx, &frames[0]).unwrap_err();
             assert!(matches!(err, ChannelError::TooLarge(n) if n == size as u64));

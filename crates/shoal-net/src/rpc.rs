@@ -688,15 +688,20 @@ impl<T: Transport> Network<T> {
             let mut sealer = Sealer::default();
             let mut frames = Vec::new();
             while let Some(msg) = rx.recv().await {
-                // Everything already queued goes out in one flush (one write under load, not
-                // one per message), up to a bound so a busy connection still flushes often.
-                sealer.seal(&writer_cipher, &msg, &mut frames);
-                let mut batched = msg.len();
-                while batched < WRITE_BATCH_BYTES {
+                // Let the tasks that are ready now (other requests on their way out) queue
+                // their messages first: under load the next write then carries several, and a
+                // write on TCP costs more than the wait. Idle, nothing else is ready and the
+                // message leaves at once.
+                tokio::task::yield_now().await;
+                // Everything already queued is sealed together and goes out in one flush (one
+                // encryption and one write under load, not one per message), up to a bound so
+                // a busy connection still flushes often.
+                sealer.queue(&msg);
+                while sealer.queued() < WRITE_BATCH_BYTES {
                     let Ok(more) = rx.try_recv() else { break };
-                    batched += more.len();
-                    sealer.seal(&writer_cipher, &more, &mut frames);
+                    sealer.queue(&more);
                 }
+                sealer.seal(&writer_cipher, &mut frames);
                 for frame in frames.drain(..) {
                     if let Err(e) = sink.feed(frame).await {
                         debug!(?peer, error = %e, "send failed");
