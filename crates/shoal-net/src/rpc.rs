@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -753,18 +753,43 @@ impl<T: Transport> Network<T> {
                             let Ok(permit) = permits.clone().acquire_owned().await else {
                                 break;
                             };
-                            let handler = net.inner.handler.clone();
                             let metrics = net.inner.metrics.clone();
                             let tx = reader_conn.tx.clone();
-                            tokio::spawn(async move {
-                                let result = handler
-                                    .handle(peer, endpoint.clone(), body.into_vec())
-                                    .await
-                                    .map(ByteBuf::from);
-                                metrics.record_served(&endpoint, result.is_ok());
-                                let _ = tx.send(Envelope::Response { id, result }.encode()).await;
-                                drop(permit);
-                            });
+                            let mut handling =
+                                net.inner
+                                    .handler
+                                    .handle(peer, endpoint.clone(), body.into_vec());
+                            // A handler that needs no I/O (a point read) is done at its first
+                            // poll: answered here, it costs no task. One that waits (a durable
+                            // write) goes on in a task of its own, so this reader moves on.
+                            match (&mut handling).now_or_never() {
+                                Some(result) => {
+                                    metrics.record_served(&endpoint, result.is_ok());
+                                    let reply = Envelope::Response {
+                                        id,
+                                        result: result.map(ByteBuf::from),
+                                    }
+                                    .encode();
+                                    if let Err(mpsc::error::TrySendError::Full(reply)) =
+                                        tx.try_send(reply)
+                                    {
+                                        tokio::spawn(async move {
+                                            let _ = tx.send(reply).await;
+                                            drop(permit);
+                                        });
+                                    }
+                                }
+                                None => {
+                                    tokio::spawn(async move {
+                                        let result = handling.await.map(ByteBuf::from);
+                                        metrics.record_served(&endpoint, result.is_ok());
+                                        let _ = tx
+                                            .send(Envelope::Response { id, result }.encode())
+                                            .await;
+                                        drop(permit);
+                                    });
+                                }
+                            }
                         }
                         Err(e) => {
                             warn!(?peer, error = %e, "undecodable rpc message; dropping the connection");
