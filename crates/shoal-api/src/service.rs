@@ -516,14 +516,15 @@ impl<T: Transport> Api<T> {
                 .get(&SYSTEM_PK.to_string(), &id.to_string())
                 .map_err(|e| ApiError::Internal(e.to_string()))
         })?;
+        // Every request asks: the cached copy is read in place, only the secret is copied.
         let key = match local {
-            Some(k) => Some(Arc::unwrap_or_clone(k)),
-            None => {
-                self.inner
-                    .keys
-                    .get(&SYSTEM_PK.to_string(), &id.to_string())
-                    .await?
-            }
+            Some(k) => Some(k),
+            None => self
+                .inner
+                .keys
+                .get(&SYSTEM_PK.to_string(), &id.to_string())
+                .await?
+                .map(Arc::new),
         };
         Ok(key
             .filter(|k| !k.deleted.is_set())
@@ -532,6 +533,11 @@ impl<T: Transport> Api<T> {
 
     /// A bucket by name (local copy first).
     pub async fn bucket(&self, name: &str) -> Result<Option<Bucket>, ApiError> {
+        Ok(self.bucket_shared(name).await?.map(Arc::unwrap_or_clone))
+    }
+
+    /// [`Api::bucket`] without copying the cached bucket.
+    async fn bucket_shared(&self, name: &str) -> Result<Option<Arc<Bucket>>, ApiError> {
         let local = self.inner.bucket_cache.get_or_load(name, || {
             self.inner
                 .buckets_local
@@ -539,13 +545,13 @@ impl<T: Transport> Api<T> {
                 .map_err(|e| ApiError::Internal(e.to_string()))
         })?;
         let b = match local {
-            Some(b) => Some(Arc::unwrap_or_clone(b)),
-            None => {
-                self.inner
-                    .buckets
-                    .get(&SYSTEM_PK.to_string(), &name.to_string())
-                    .await?
-            }
+            Some(b) => Some(b),
+            None => self
+                .inner
+                .buckets
+                .get(&SYSTEM_PK.to_string(), &name.to_string())
+                .await?
+                .map(Arc::new),
         };
         Ok(b.filter(|b| !b.deleted.is_set()))
     }
@@ -820,7 +826,7 @@ impl<T: Transport> Api<T> {
         key_id: &str,
         write: bool,
     ) -> Result<String, ApiError> {
-        let Some(b) = self.bucket(bucket).await? else {
+        let Some(b) = self.bucket_shared(bucket).await? else {
             return Err(ApiError::NoSuchBucket(bucket.into()));
         };
         let allowed = b
