@@ -305,11 +305,14 @@ static SIGNING_KEYS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Arc<[u
 /// Most signing keys remembered.
 const MAX_SIGNING_KEYS: usize = 1024;
 
+/// A signing key with what it was derived from: secret, date, region, service.
+type KeyedSigningKey = ([String; 4], Arc<[u8]>);
+
 fn cached_signing_key(secret: &str, date: &str, region: &str, service: &str) -> Arc<[u8]> {
     // Each worker thread first looks at the last key it used: requests run in bursts from one
     // key, and that look needs neither the lock nor an allocation.
     thread_local! {
-        static LAST: std::cell::RefCell<Option<([String; 4], Arc<[u8]>)>> =
+        static LAST: std::cell::RefCell<Option<KeyedSigningKey>> =
             const { std::cell::RefCell::new(None) };
     }
     let hit = LAST.with_borrow(|last| {
