@@ -96,9 +96,82 @@ struct DbSlot {
     db: std::sync::RwLock<Option<Arc<redb::Database>>>,
     path: PathBuf,
     cache_size: usize,
+    /// Twice the commits (and reopens) so far, plus one while a commit is under way: even, it
+    /// names the state every new read transaction sees; odd, a new one may see the next.
+    generation: AtomicU64,
+    /// Tables of the latest committed state, each opened by the first point read after a commit
+    /// and shared by the reads that follow until the next one. A point read otherwise pays a
+    /// read transaction and a lookup of the table's root, as much again as the read itself.
+    latest: std::sync::RwLock<LatestTables>,
+}
+
+/// Open read-only tables of one committed state.
+#[derive(Default)]
+struct LatestTables {
+    /// The (even) [`DbSlot::generation`] they were opened at: they show exactly that state.
+    generation: u64,
+    /// By tree name; `None` for a tree that does not exist in that state.
+    tables: HashMap<String, Option<Arc<ReadTable>>>,
 }
 
 impl DbSlot {
+    fn new(db: Arc<redb::Database>, path: PathBuf, cache_size: usize) -> Self {
+        DbSlot {
+            db: std::sync::RwLock::new(Some(db)),
+            path,
+            cache_size,
+            generation: AtomicU64::new(0),
+            latest: Default::default(),
+        }
+    }
+
+    /// Called by the writer just before a commit: until [`DbSlot::committed`], new read
+    /// transactions may see either state, and none of their tables is shared.
+    fn committing(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Called by the writer after a commit (or a failed one, or a reopen) and before anyone is
+    /// told of it: no read that starts after the acknowledgement is served from an older
+    /// state. Dropping the old tables also lets redb reuse the pages the commit freed.
+    fn committed(&self) {
+        let mut latest = self.latest.write().unwrap_or_else(|p| p.into_inner());
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        debug_assert!(generation.is_multiple_of(2));
+        latest.generation = generation;
+        latest.tables.clear();
+    }
+
+    /// `tree` as of the latest commit (`None` if it does not exist), opened at most once per
+    /// commit while no commit is under way.
+    fn latest_table(&self, tree: &str) -> Result<Option<Arc<ReadTable>>, StorageError> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let settled = generation.is_multiple_of(2);
+        if settled {
+            let latest = self.latest.read().unwrap_or_else(|p| p.into_inner());
+            if latest.generation == generation
+                && let Some(t) = latest.tables.get(tree)
+            {
+                return Ok(t.clone());
+            }
+        }
+        let snapshot = RedbSnapshot(self.get()?.begin_read().map_err(map_err)?);
+        let table = snapshot.table(tree)?.map(Arc::new);
+        if settled {
+            // Shared only if no commit began before the transaction did: then it shows exactly
+            // this generation's state (only the writer commits, and it says so first).
+            let mut latest = self.latest.write().unwrap_or_else(|p| p.into_inner());
+            if self.generation.load(Ordering::SeqCst) == generation {
+                if latest.generation != generation {
+                    latest.generation = generation;
+                    latest.tables.clear();
+                }
+                latest.tables.insert(tree.to_string(), table.clone());
+            }
+        }
+        Ok(table)
+    }
+
     fn get(&self) -> Result<Arc<redb::Database>, StorageError> {
         self.db
             .read()
@@ -116,6 +189,9 @@ impl DbSlot {
     /// still holding the old handle, whose file lock forbids a second open.
     fn reopen(&self, old: Arc<redb::Database>) -> Result<(), StorageError> {
         *self.db.write().unwrap_or_else(|p| p.into_inner()) = None;
+        // Shared tables hold the old file open too.
+        self.committing();
+        self.committed();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let mut old = Some(old);
         loop {
@@ -213,11 +289,7 @@ impl RedbEngine {
         }
 
         let (queue, rx) = mpsc::channel::<Pending>();
-        let db = Arc::new(DbSlot {
-            db: std::sync::RwLock::new(Some(db)),
-            path: path.clone(),
-            cache_size: options.cache_size,
-        });
+        let db = Arc::new(DbSlot::new(db, path.clone(), options.cache_size));
         let writer_db = db.clone();
         let counters = Arc::new(Counters::default());
         let writer_counters = counters.clone();
@@ -415,7 +487,7 @@ fn writer_loop(
                 continue;
             }
         };
-        if let Err(e) = commit_group(&db, group, options.durability) {
+        if let Err(e) = commit_group(&db, group, options.durability, &slot) {
             poisoned = Some(e);
         }
     }
@@ -427,6 +499,7 @@ fn commit_group(
     db: &redb::Database,
     group: Vec<Pending>,
     durability: Durability,
+    slot: &DbSlot,
 ) -> Result<(), StorageError> {
     let mut txn = match db.begin_write() {
         Ok(t) => t,
@@ -484,7 +557,12 @@ fn commit_group(
             let _ = txn.abort();
             Err(e)
         }
-        None if any_commit => txn.commit().map_err(map_err),
+        None if any_commit => {
+            slot.committing();
+            let committed = txn.commit().map_err(map_err);
+            slot.committed();
+            committed
+        }
         None => txn.abort().map_err(map_err),
     };
     match result {
@@ -637,7 +715,10 @@ impl RedbEngine {
 
 impl ReadView for RedbEngine {
     fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.read()?.get(tree, key)
+        let Some(t) = self.db.latest_table(tree)? else {
+            return Ok(None);
+        };
+        Ok(t.get(key).map_err(map_err)?.map(|v| v.value().to_vec()))
     }
 
     fn scan(
