@@ -111,6 +111,13 @@ pub trait Handler: Send + Sync + 'static {
         endpoint: String,
         body: Vec<u8>,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
+
+    /// Whether requests to `endpoint` take microseconds of CPU and no I/O (a point read): the
+    /// connection's reader then runs them in place when they finish at their first poll,
+    /// sparing a task. Anything slower must say no, since the reader reads nothing meanwhile.
+    fn answers_at_once(&self, _endpoint: &str) -> bool {
+        false
+    }
 }
 
 /// The handler of a party that only calls (the operator CLI, simulated clients, tests): every
@@ -688,11 +695,6 @@ impl<T: Transport> Network<T> {
             let mut sealer = Sealer::default();
             let mut frames = Vec::new();
             while let Some(msg) = rx.recv().await {
-                // Let the tasks that are ready now (other requests on their way out) queue
-                // their messages first: under load the next write then carries several, and a
-                // write on TCP costs more than the wait. Idle, nothing else is ready and the
-                // message leaves at once.
-                tokio::task::yield_now().await;
                 // Everything already queued is sealed together and goes out in one flush (one
                 // encryption and one write under load, not one per message), up to a bound so
                 // a busy connection still flushes often.
@@ -760,9 +762,15 @@ impl<T: Transport> Network<T> {
                                     .handler
                                     .handle(peer, endpoint.clone(), body.into_vec());
                             // A handler that needs no I/O (a point read) is done at its first
-                            // poll: answered here, it costs no task. One that waits (a durable
-                            // write) goes on in a task of its own, so this reader moves on.
-                            match (&mut handling).now_or_never() {
+                            // poll: answered here, it costs no task. Any other, or one that
+                            // waits after all, goes on in a task of its own, so this reader
+                            // moves on.
+                            let at_once = if net.inner.handler.answers_at_once(&endpoint) {
+                                (&mut handling).now_or_never()
+                            } else {
+                                None
+                            };
+                            match at_once {
                                 Some(result) => {
                                     metrics.record_served(&endpoint, result.is_ok());
                                     let reply = Envelope::Response {
