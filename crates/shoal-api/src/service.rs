@@ -510,23 +510,10 @@ impl<T: Transport> Api<T> {
 
     /// The secret of an access key (local copy first: keys are on every node).
     pub async fn key_secret(&self, id: &str) -> Result<Option<String>, ApiError> {
-        let local = self.inner.key_cache.get_or_load(id, || {
-            self.inner
-                .keys_local
-                .get(&SYSTEM_PK.to_string(), &id.to_string())
-                .map_err(|e| ApiError::Internal(e.to_string()))
-        })?;
+        let i = &self.inner;
         // Every request asks: the cached copy is read in place, only the secret is copied.
-        let key = match local {
-            Some(k) => Some(k),
-            None => self
-                .inner
-                .keys
-                .get(&SYSTEM_PK.to_string(), &id.to_string())
-                .await?
-                .map(Arc::new),
-        };
-        Ok(key
+        Ok(system_row(&i.key_cache, &i.keys_local, &i.keys, id)
+            .await?
             .filter(|k| !k.deleted.is_set())
             .map(|k| k.secret.get().clone()))
     }
@@ -538,22 +525,12 @@ impl<T: Transport> Api<T> {
 
     /// [`Api::bucket`] without copying the cached bucket.
     async fn bucket_shared(&self, name: &str) -> Result<Option<Arc<Bucket>>, ApiError> {
-        let local = self.inner.bucket_cache.get_or_load(name, || {
-            self.inner
-                .buckets_local
-                .get(&SYSTEM_PK.to_string(), &name.to_string())
-                .map_err(|e| ApiError::Internal(e.to_string()))
-        })?;
-        let b = match local {
-            Some(b) => Some(b),
-            None => self
-                .inner
-                .buckets
-                .get(&SYSTEM_PK.to_string(), &name.to_string())
+        let i = &self.inner;
+        Ok(
+            system_row(&i.bucket_cache, &i.buckets_local, &i.buckets, name)
                 .await?
-                .map(Arc::new),
-        };
-        Ok(b.filter(|b| !b.deleted.is_set()))
+                .filter(|b| !b.deleted.is_set()),
+        )
     }
 
     /// Creates an access key.
@@ -845,5 +822,32 @@ impl<T: Transport> Api<T> {
     /// The store (for the HTTP layer's metrics and tests).
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+}
+
+/// A row of a fully replicated system table (keys, buckets) by name: the cached copy, else
+/// this node's store, else a quorum read (a row not synced here yet).
+async fn system_row<S, T>(
+    cache: &RowCache<S::Entry>,
+    local: &Table<S>,
+    cluster: &Replicated<S, T>,
+    name: &str,
+) -> Result<Option<Arc<S::Entry>>, ApiError>
+where
+    S: shoal_table::Schema<PartitionKey = String, SortKey = String>,
+    T: Transport,
+{
+    // Keys are built only on a miss: a hit is the common case, on every request.
+    let cached = cache.get_or_load(name, || {
+        local
+            .get(&SYSTEM_PK.to_string(), &name.to_string())
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    })?;
+    match cached {
+        Some(row) => Ok(Some(row)),
+        None => Ok(cluster
+            .get(&SYSTEM_PK.to_string(), &name.to_string())
+            .await?
+            .map(Arc::new)),
     }
 }
