@@ -117,7 +117,7 @@ impl<T: Transport> Collector for NodeCollector<T> {
                 .collect();
             family(&mut encoder, name, help, MetricType::Gauge, rows)?;
         }
-        let counters: [StatField; 9] = [
+        let counters: [StatField; 10] = [
             (
                 "shoal_sync_partitions_synced",
                 "Partition syncs completed",
@@ -141,6 +141,11 @@ impl<T: Transport> Collector for NodeCollector<T> {
             ("shoal_sync_full_scans", "Full anti-entropy scans", |s| {
                 s.full_scans
             }),
+            (
+                "shoal_sync_missed_writes",
+                "Partitions queued because a live replica missed one of their writes",
+                |s| s.missed_writes,
+            ),
             (
                 "shoal_sync_items_sent",
                 "Items sent by sync sessions",

@@ -197,6 +197,30 @@ impl Default for SyncerConfig {
     }
 }
 
+/// What became of a syncer's piece of work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Processed {
+    /// Synced with every replica, or offloaded.
+    Done,
+    /// Not finished (written to during an offload): take it again.
+    Again,
+    /// This node has every acknowledged write, but this many replicas that count as up
+    /// could not be reached: the partition gets another pass for them.
+    ReplicasLag(usize),
+}
+
+/// A partition waiting to be taken again after a failure.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    at: tokio::time::Instant,
+    work: crate::worklist::Work,
+    /// Failures in a row: the delay doubles with each.
+    failures: u32,
+    /// Whole on this node; only a replica it could not reach lags. Such a partition does not
+    /// hold back the table's "synced" mark for a layout version.
+    lagging_only: bool,
+}
+
 /// Counters of a table's background syncer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SyncerStats {
@@ -225,6 +249,10 @@ pub struct SyncerStats {
     /// Tombstones collected (removed from every replica) by this node.
     #[serde(default)]
     pub tombstones_collected: u64,
+    /// Partitions queued because a replica missed one of their writes while it counted as up
+    /// (a dropped connection, a refusing disk): synced now rather than at the next full scan.
+    #[serde(default)]
+    pub missed_writes: u64,
     /// Partitions completed over the last minute, per second.
     #[serde(default)]
     pub rate_per_sec: f64,
@@ -333,6 +361,7 @@ const BUILT_IN_ENDPOINTS: &[&str] = &[
     "table.range",
     "gc.check",
     "gc.delete",
+    "sync.missed",
 ];
 
 /// Most items one range read returns, whatever the caller asks.
@@ -464,6 +493,11 @@ struct State<T: Transport> {
     repair_tx: tokio::sync::broadcast::Sender<String>,
     /// Layout versions retired: syncers offload what only they gave this node.
     retired_tx: tokio::sync::broadcast::Sender<Layout>,
+    /// Per table, partitions a replica missed a write of: their syncer takes them next. A set
+    /// rather than a channel: a burst of failed writes (one per item) costs one sync each.
+    missed: Mutex<HashMap<String, std::collections::BTreeSet<u8>>>,
+    /// Bumped when `missed` grows, to wake the syncers.
+    missed_tx: tokio::sync::watch::Sender<()>,
     syncer_stats: Mutex<HashMap<String, SyncerStats>>,
     /// When each table's recent partitions completed (last minute), for rates and ETAs.
     completions: Mutex<HashMap<String, std::collections::VecDeque<Instant>>>,
@@ -648,6 +682,8 @@ impl<T: Transport> Node<T> {
                 peer_up_tx: tokio::sync::broadcast::channel(64).0,
                 repair_tx: tokio::sync::broadcast::channel(64).0,
                 retired_tx: tokio::sync::broadcast::channel(64).0,
+                missed: Mutex::new(HashMap::new()),
+                missed_tx: tokio::sync::watch::channel(()).0,
                 syncer_stats: Mutex::new(HashMap::new()),
                 completions: Mutex::new(HashMap::new()),
             }
@@ -1153,6 +1189,12 @@ impl<T: Transport> Node<T> {
         }
     }
 
+    /// Closes the connection to `peer`, as a network fault would: calls in flight on it fail,
+    /// and the next call dials again. The peer is not counted down for it.
+    pub fn disconnect(&self, peer: NodeId) {
+        self.net().disconnect(peer);
+    }
+
     /// Every peer heard of, with its state.
     pub fn peers(&self) -> Vec<PeerStatus> {
         self.state
@@ -1447,6 +1489,14 @@ impl<T: Transport> Node<T> {
                 let changed = table.merge_encoded(items).await?;
                 Ok(encode(&changed))
             }
+            "sync.missed" => {
+                // A coordinator that does not store the partition passes its failed write on
+                // to a replica that does; this node does not pass it further.
+                let (table, partition): (String, u8) = decode(&body)?;
+                self.table(&table)?;
+                self.queue_missed(&table, partition);
+                Ok(Vec::new())
+            }
             "table.read" => {
                 let r: TableRead = decode(&body)?;
                 let table = self.table(&r.table)?;
@@ -1572,10 +1622,20 @@ impl<T: Transport> Node<T> {
         let asks_everything = out.iter().any(|m| **m == Message::WantAll.encode());
         {
             let mut filling = self.state.filling.lock().unwrap_or_else(|p| p.into_inner());
+            // A fill whose initiator has been silent for a minute is abandoned.
             filling.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(60));
+            if let Some((holder, at)) = filling.get_mut(&fill_key)
+                && *holder == key
+            {
+                *at = Instant::now();
+            }
             if asks_everything {
+                // A peer runs one session per partition at a time: a new one from the peer
+                // holding the fill means its earlier one ended (a dropped connection), and
+                // takes the fill over rather than wait for it to expire.
                 if let Some((other, _)) = filling.get(&fill_key)
                     && *other != key
+                    && other.0 != from
                 {
                     return Err(format!(
                         "partition {} of {} is being filled by another replica; retry later",
@@ -1727,6 +1787,7 @@ impl<T: Transport> Node<T> {
         let mut peers_rx = self.state.peer_up_tx.subscribe();
         let mut repair_rx = self.state.repair_tx.subscribe();
         let mut retired_rx = self.state.retired_tx.subscribe();
+        let mut missed_rx = self.state.missed_tx.subscribe();
         let name = table.to_string();
         let task = tokio::spawn(async move {
             let replication = node
@@ -1754,19 +1815,11 @@ impl<T: Transport> Node<T> {
             let mut scanned = false;
             // Failed partitions come back after a delay that doubles with each failure (1 s up
             // to a minute), instead of waiting for the next full scan.
-            let mut retry: BTreeMap<u8, (tokio::time::Instant, crate::worklist::Work, u32)> =
-                BTreeMap::new();
+            let mut retry: BTreeMap<u8, Retry> = BTreeMap::new();
             loop {
                 let now = tokio::time::Instant::now();
-                let due: Vec<u8> = retry
-                    .iter()
-                    .filter(|(_, (at, _, _))| *at <= now)
-                    .map(|(p, _)| *p)
-                    .collect();
-                for p in due {
-                    if let Some((_, w, _)) = retry.get(&p) {
-                        work.push(*w);
-                    }
+                for r in retry.values().filter(|r| r.at <= now) {
+                    work.push(r.work);
                 }
                 let Some(state) = node.upgrade() else { return };
                 let me = Node { state };
@@ -1780,6 +1833,21 @@ impl<T: Transport> Node<T> {
                 }
                 while let Ok(peer) = peers_rx.try_recv() {
                     work.peer_up(&prev, me.id(), peer);
+                }
+                let missed = me
+                    .state
+                    .missed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(&name)
+                    .map(std::mem::take)
+                    .unwrap_or_default();
+                if !missed.is_empty() {
+                    me.bump(&name, |s| s.missed_writes += missed.len() as u64);
+                    for partition in missed {
+                        let retain = replication.nodes_of(&prev, partition).contains(&me.id());
+                        work.push(crate::worklist::Work { partition, retain });
+                    }
                 }
                 while let Ok(old) = retired_rx.try_recv() {
                     // Partitions only a retired version gave this node are now offloaded.
@@ -1815,21 +1883,37 @@ impl<T: Transport> Node<T> {
                     me.bump(&name, |s| s.in_progress += 1);
                     let outcome = me.process(&name, &t, w, config.write_quorum).await;
                     me.bump(&name, |s| s.in_progress -= 1);
+                    let mut again = |lagging_only: bool| {
+                        let failures = retry.get(&w.partition).map_or(0, |r| r.failures) + 1;
+                        let delay = Duration::from_secs(1 << failures.min(6).saturating_sub(1));
+                        let at = tokio::time::Instant::now() + delay;
+                        retry.insert(
+                            w.partition,
+                            Retry {
+                                at,
+                                work: w,
+                                failures,
+                                lagging_only,
+                            },
+                        );
+                        delay
+                    };
                     match outcome {
-                        Ok(true) => {
+                        Ok(Processed::Done) => {
                             retry.remove(&w.partition);
                             me.completed(&name);
                         }
-                        Ok(false) => work.push(w),
+                        Ok(Processed::Again) => work.push(w),
+                        Ok(Processed::ReplicasLag(lagging)) => {
+                            // Done here; the live replicas it could not reach get another pass.
+                            me.completed(&name);
+                            let delay = again(true);
+                            info!(table = %name, partition = w.partition, lagging, retry_in = ?delay, "partition synced here; live replicas failed and get another pass");
+                        }
                         Err(e) => {
-                            let failures = retry.get(&w.partition).map_or(0, |r| r.2) + 1;
-                            let delay = Duration::from_secs(1 << failures.min(6).saturating_sub(1));
+                            let delay = again(false);
                             warn!(table = %name, partition = w.partition, error = %e, retry_in = ?delay, "partition sync failed");
                             me.bump(&name, |s| s.errors += 1);
-                            retry.insert(
-                                w.partition,
-                                (tokio::time::Instant::now() + delay, w, failures),
-                            );
                         }
                     }
                     continue;
@@ -1859,7 +1943,11 @@ impl<T: Transport> Node<T> {
                         continue;
                     }
                 }
-                if work.is_empty() && retry.is_empty() && ack_pass == Some(prev.version) {
+                // A partition held back only for a lagging replica is whole here.
+                if work.is_empty()
+                    && retry.values().all(|r| r.lagging_only)
+                    && ack_pass == Some(prev.version)
+                {
                     me.table_done(&name, prev.version).await;
                     // With a single live version and every retirement handled, this node holds
                     // nothing outside its partitions of that version.
@@ -1869,7 +1957,7 @@ impl<T: Transport> Node<T> {
                 }
                 let next_retry = retry
                     .values()
-                    .map(|(at, _, _)| *at)
+                    .map(|r| r.at)
                     .min()
                     .unwrap_or(next_full)
                     .min(next_full);
@@ -1906,6 +1994,7 @@ impl<T: Transport> Node<T> {
                             work.peer_up(&l, state.id, peer);
                         }
                     }
+                    _ = missed_rx.changed() => {}
                     _ = tokio::time::sleep_until(next_retry) => {}
                 }
             }
@@ -1916,6 +2005,62 @@ impl<T: Transport> Node<T> {
             .unwrap_or_else(|p| p.into_inner())
             .push(task);
         Ok(())
+    }
+
+    /// A write of `table`'s `partition` to `node` failed (its local write, if `node` is this
+    /// node). A node counted down will be synced with when it comes back, but for one that
+    /// counts as up (its connection dropped, its disk refused) nothing else would queue the
+    /// partition, and the item would wait for the next full scan. So the partition is synced
+    /// now: by this node if it stores it, else by a replica that does (told by `sync.missed`).
+    pub fn missed_write(&self, table: &str, partition: u8, node: NodeId) {
+        let me = self.id();
+        let up: Vec<NodeId> = self
+            .peers()
+            .into_iter()
+            .filter(|p| p.up)
+            .map(|p| p.id)
+            .collect();
+        if node != me && !up.contains(&node) {
+            return;
+        }
+        let holders = self
+            .replication_of(table)
+            .nodes_of(&self.layout(), partition);
+        if holders.contains(&me) {
+            self.queue_missed(table, partition);
+            return;
+        }
+        let Some(relay) = holders.into_iter().find(|h| *h != node && up.contains(h)) else {
+            return;
+        };
+        let (net, body) = (self.net().clone(), encode(&(table, partition)));
+        tokio::spawn(async move {
+            if let Err(e) = net.call(relay, "sync.missed", body).await {
+                debug!(?relay, error = %e, "could not pass on a missed write");
+            }
+        });
+    }
+
+    /// Queues `partition` of `table` for its syncer, if this node stores it.
+    fn queue_missed(&self, table: &str, partition: u8) {
+        let me = self.id();
+        let holders = self
+            .replication_of(table)
+            .nodes_of(&self.layout(), partition);
+        if !holders.contains(&me) {
+            return;
+        }
+        let added = self
+            .state
+            .missed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(table.to_string())
+            .or_default()
+            .insert(partition);
+        if added {
+            self.state.missed_tx.send_replace(());
+        }
     }
 
     /// Asks the syncer of `table` (every table if `None`) for a full scan now; returns the
@@ -2168,7 +2313,7 @@ impl<T: Transport> Node<T> {
         t: &Arc<dyn SyncTable>,
         w: crate::worklist::Work,
         write_quorum: usize,
-    ) -> Result<bool, String> {
+    ) -> Result<Processed, String> {
         // Every node of the partition in a live layout version: during a change, the new
         // replicas pull from the old ones through these sessions.
         let union = self.sync_nodes(table, w.partition);
@@ -2183,7 +2328,7 @@ impl<T: Transport> Node<T> {
                 let k = w.partition as usize % others.len();
                 others.rotate_left(k);
             }
-            let mut errors = 0;
+            let mut failed = Vec::new();
             let mut reached = vec![self.id()];
             for peer in others.clone() {
                 match self.sync_with(peer, table, w.partition).await {
@@ -2198,7 +2343,7 @@ impl<T: Transport> Node<T> {
                         })
                     }
                     Err(e) => {
-                        errors += 1;
+                        failed.push(peer);
                         debug!(table, partition = w.partition, error = %e, "sync with a replica failed");
                     }
                 }
@@ -2211,14 +2356,28 @@ impl<T: Transport> Node<T> {
                 let got = nodes.iter().filter(|n| reached.contains(n)).count();
                 if got < needed {
                     return Err(format!(
-                        "{errors} of {} replicas failed: reached {got} of the {needed} needed in a layout version's {} nodes",
+                        "{} of {} replicas failed: reached {got} of the {needed} needed in a layout version's {} nodes",
+                        failed.len(),
                         others.len(),
                         nodes.len()
                     ));
                 }
             }
             self.bump(table, |s| s.synced += 1);
-            return Ok(true);
+            // A replica counted down is synced with when it comes back; nothing else would
+            // bring this partition to one that counts as up.
+            let up: Vec<NodeId> = self
+                .peers()
+                .into_iter()
+                .filter(|p| p.up)
+                .map(|p| p.id)
+                .collect();
+            let lagging = failed.iter().filter(|n| up.contains(n)).count();
+            return Ok(if lagging > 0 {
+                Processed::ReplicasLag(lagging)
+            } else {
+                Processed::Done
+            });
         }
         // Offload: this node no longer stores the partition.
         let t2 = t.clone();
@@ -2227,7 +2386,7 @@ impl<T: Transport> Node<T> {
             .await
             .map_err(|e| e.to_string())??;
         if snapshot.is_empty() {
-            return Ok(true);
+            return Ok(Processed::Done);
         }
         let nodes = self.nodes_for(table, w.partition);
         if nodes.is_empty() {
@@ -2247,7 +2406,7 @@ impl<T: Transport> Node<T> {
         }
         // The partition may have become ours again meanwhile: then keep everything.
         if self.sync_nodes(table, w.partition).contains(&self.id()) {
-            return Ok(true);
+            return Ok(Processed::Done);
         }
         let t2 = t.clone();
         let left = self
@@ -2259,10 +2418,10 @@ impl<T: Transport> Node<T> {
             .map_err(|e| e.to_string())??;
         if left {
             // Written to while we offloaded: go round again.
-            return Ok(false);
+            return Ok(Processed::Again);
         }
         info!(table, partition = w.partition, "partition offloaded");
         self.bump(table, |s| s.offloaded += 1);
-        Ok(true)
+        Ok(Processed::Done)
     }
 }

@@ -94,7 +94,14 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
             .map(|s| self.write_quorum.min(s.len()))
             .collect();
         let (mut acked, mut failed, mut errors) = (Vec::new(), Vec::new(), Vec::new());
-        while let Some((n, r)) = rx.recv().await {
+        let outcome = loop {
+            let Some((n, r)) = rx.recv().await else {
+                break Err(QuorumError::Write {
+                    acks: acked.len(),
+                    needed: needed.iter().copied().max().unwrap_or(0),
+                    errors,
+                });
+            };
             match r {
                 Ok(()) => acked.push(n),
                 Err(e) => {
@@ -110,21 +117,38 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
                 .zip(&needed)
                 .all(|(set, need)| count(set, &acked) >= *need)
             {
-                return Ok(());
+                break Ok(());
             }
             if sets
                 .iter()
                 .zip(&needed)
                 .any(|(set, need)| set.len() - count(set, &failed) < *need)
             {
-                break;
+                break Err(QuorumError::Write {
+                    acks: acked.len(),
+                    needed: needed.iter().copied().max().unwrap_or(0),
+                    errors,
+                });
             }
+        };
+        // The writes still under way finish in the background. Once all have answered, the
+        // replicas that missed it are caught up by a sync of the partition: queued only then,
+        // so that the sync finds the item on every replica that took it.
+        if !failed.is_empty() || acked.len() + failed.len() < nodes.len() {
+            let node = self.node.clone();
+            let partition = key[0];
+            tokio::spawn(async move {
+                while let Some((n, r)) = rx.recv().await {
+                    if r.is_err() {
+                        failed.push(n);
+                    }
+                }
+                for n in failed {
+                    node.missed_write(S::TABLE_NAME, partition, n);
+                }
+            });
         }
-        Err(QuorumError::Write {
-            acks: acked.len(),
-            needed: needed.iter().copied().max().unwrap_or(0),
-            errors,
-        })
+        outcome
     }
 
     /// Reads the item from `read_quorum` of its partition's nodes and returns their merge;
@@ -177,8 +201,11 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
             for (n, v) in answers {
                 if v.as_deref() != Some(bytes.as_slice()) {
                     let (node, bytes) = (self.node.clone(), bytes.clone());
+                    let partition = key[0];
                     tokio::spawn(async move {
-                        let _ = node.write_to(n, S::TABLE_NAME, vec![bytes]).await;
+                        if node.write_to(n, S::TABLE_NAME, vec![bytes]).await.is_err() {
+                            node.missed_write(S::TABLE_NAME, partition, n);
+                        }
                     });
                 }
             }

@@ -453,3 +453,90 @@ async fn a_syncer_starts_with_what_it_shares_with_peers_already_up() {
     .await;
     assert!(!holds_all(&b.table, &items("a", 100)), "B ran no syncer");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_a_live_replica_missed_is_synced_at_once() {
+    use futures::StreamExt;
+    use shoal_cluster::replication::Replicated;
+    let secret = ClusterSecret::from_bytes([23; 32]);
+    // No one is ever marked down, so no peer coming back queues anything, and A's first full
+    // scan is an hour away: only the missed writes themselves can get C synced.
+    let (a, b, c) = three_nodes_marking_down_after(&secret, 1_000_000).await;
+    apply_layout([&a, &b, &c], 3).await;
+    a.node.start_syncer("kv", event_driven()).unwrap();
+    let idle = |n: &Node<TcpTransport>| {
+        n.syncer_stats()
+            .get("kv")
+            .is_some_and(|s| s.queued == 0 && s.in_progress == 0)
+    };
+    wait_until("A's syncer has done its start-up work", || idle(&a.node)).await;
+    let missed = |n: &Node<TcpTransport>| n.syncer_stats().get("kv").map_or(0, |s| s.missed_writes);
+
+    // Writes through A while A keeps dropping its connection to C: the writes to C queued or
+    // in flight at each cut fail (A and B still make the quorum).
+    let via_a = Replicated::<KvTable, _>::new(a.node.clone(), 2, 2);
+    let mut written = Vec::new();
+    for round in 0..20 {
+        let batch = items(&format!("cut{round}-"), 300);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cutter = {
+            let (node, c_id, stop) = (a.node.clone(), c.node.id(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    node.disconnect(c_id);
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+            })
+        };
+        futures::stream::iter(batch.clone())
+            .for_each_concurrent(32, |kv| {
+                let via_a = &via_a;
+                async move { via_a.insert(&kv).await.unwrap() }
+            })
+            .await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        cutter.await.unwrap();
+        written.extend(batch);
+        if missed(&a.node) > 0 {
+            break;
+        }
+        // The failed writes' partitions are queued once all their writes have answered.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if missed(&a.node) > 0 {
+            break;
+        }
+    }
+    assert!(
+        missed(&a.node) > 0,
+        "some write to C failed and queued its partition"
+    );
+    let t = c.table.clone();
+    let mut whole = false;
+    for _ in 0..300 {
+        let (t, written) = (t.clone(), written.clone());
+        whole = tokio::task::spawn_blocking(move || holds_all(&t, &written))
+            .await
+            .unwrap();
+        if whole {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lacking = written
+        .iter()
+        .filter(|it| c.table.get(&it.pk, &it.sk).unwrap().is_none())
+        .count();
+    assert!(
+        whole,
+        "C holds every write it missed, without a full scan: {lacking} of {} still missing; A's syncer: {:?}",
+        written.len(),
+        a.node.syncer_stats()["kv"]
+    );
+    assert!(
+        a.node.peers().iter().all(|p| p.up),
+        "C was never marked down"
+    );
+    let scans = a.node.syncer_stats()["kv"].full_scans;
+    assert_eq!(scans, 0, "no full scan ran");
+    drop(b);
+}

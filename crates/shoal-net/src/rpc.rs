@@ -533,6 +533,12 @@ impl<T: Transport> Network<T> {
             }
         }
         let _forget = Forget(&conn, id);
+        // A close that ran between taking the connection and the insert above failed the
+        // calls pending then, not this one, and its writer may still take the message only to
+        // drop it: without this check the call would wait for its whole timeout.
+        if !conn.alive.load(Ordering::SeqCst) {
+            return Err(RpcError::ConnectionLost(peer));
+        }
         conn.tx
             .send(msg)
             .await
