@@ -23,6 +23,7 @@ pub const OPERATOR_ENDPOINTS: &[&str] = &[
     "admin.layout",
     "admin.stage",
     "admin.apply",
+    "admin.forget",
     "admin.put",
     "admin.get",
     "admin.digests",

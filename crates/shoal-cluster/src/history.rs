@@ -7,7 +7,7 @@
 //! while none has, the oldest live one). Once every storage node of a newer version has synced
 //! it, the versions before it retire. Pure: no I/O, directly tested.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use shoal_net::NodeId;
@@ -35,6 +35,22 @@ pub struct LayoutHistory {
     /// offloaded up to it: until then they may still hold copies nobody else checks.
     #[serde(default)]
     pub departed: BTreeMap<NodeId, u64>,
+    /// Nodes that left the layout and that an operator declared lost (`shoal layout forget`):
+    /// nothing waits for their offload any more, and their sync sessions are refused, so the
+    /// copies they may still hold cannot bring a collected deletion back. Spread by heartbeats.
+    #[serde(default)]
+    pub forgotten: BTreeSet<NodeId>,
+}
+
+/// Why a node cannot be forgotten.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForgetError {
+    /// The node still has a role in the newest layout: remove it first.
+    #[error("node {0} still has a role in the layout: remove it and apply first")]
+    InLayout(NodeId),
+    /// The node answers heartbeats: it hands its copies off by itself.
+    #[error("node {0} is up and hands its copies off by itself: forget only a node that is gone")]
+    Up(NodeId),
 }
 
 impl LayoutHistory {
@@ -56,13 +72,16 @@ impl LayoutHistory {
         }
         if let Some(last) = self.versions.last() {
             for n in last.roles.keys() {
-                if !layout.roles.contains_key(n) {
+                if !layout.roles.contains_key(n) && !self.forgotten.contains(n) {
                     self.departed.insert(*n, layout.version);
                 }
             }
         }
         for n in layout.roles.keys() {
             self.departed.remove(n);
+            // Given a role again: a member like any other (an operator who forgot it and
+            // brings it back with the same key chose to).
+            self.forgotten.remove(n);
         }
         self.versions.push(layout.clone());
         true
@@ -87,6 +106,26 @@ impl LayoutHistory {
         if self.departed.get(&node).is_some_and(|d| done >= *d) {
             self.departed.remove(&node);
         }
+    }
+
+    /// Declares `node`, which left the layout, lost: collection stops waiting for its offload.
+    /// Returns whether anything changed.
+    pub fn forget(&mut self, node: NodeId) -> Result<bool, ForgetError> {
+        if self.current().is_some_and(|l| l.roles.contains_key(&node)) {
+            return Err(ForgetError::InLayout(node));
+        }
+        let was_departed = self.departed.remove(&node).is_some();
+        Ok(self.forgotten.insert(node) || was_departed)
+    }
+
+    /// Adopts the nodes another node has forgotten, except any that has a role in this node's
+    /// newest layout (its layout may be newer than theirs); returns whether anything changed.
+    pub fn absorb_forgotten(&mut self, nodes: &[NodeId]) -> bool {
+        let mut changed = false;
+        for n in nodes {
+            changed |= self.forget(*n).unwrap_or(false);
+        }
+        changed
     }
 
     /// Records that `node` acknowledged `version` (never goes back).
@@ -241,6 +280,38 @@ mod tests {
         assert_eq!(h.prune().len(), 1);
         assert!(!h.in_transition());
         assert_eq!(h.write_sets(nodes), vec![vec![id(3), id(4)]]);
+    }
+
+    #[test]
+    fn a_forgotten_node_is_no_longer_waited_for_until_it_gets_a_role_again() {
+        let mut h = LayoutHistory::default();
+        h.push(&layout(1, &[1, 2, 3]));
+        assert_eq!(h.forget(id(3)), Err(ForgetError::InLayout(id(3))));
+        h.push(&layout(2, &[1, 2]));
+        assert_eq!(h.departed.get(&id(3)), Some(&2));
+        assert_eq!(h.forget(id(3)), Ok(true));
+        assert!(h.departed.is_empty(), "collection no longer waits for it");
+        assert_eq!(
+            h.forget(id(3)),
+            Ok(false),
+            "forgetting twice changes nothing"
+        );
+        // Another change: a forgotten node does not become departed again.
+        h.push(&layout(3, &[1, 2, 4]));
+        assert!(h.departed.is_empty());
+        // Heartbeats spread it; a node whose newest layout gives it a role keeps it.
+        let mut other = LayoutHistory::default();
+        other.push(&layout(1, &[1, 2, 3]));
+        other.push(&layout(2, &[1, 2]));
+        assert!(other.absorb_forgotten(&[id(3)]));
+        assert!(other.departed.is_empty() && other.forgotten.contains(&id(3)));
+        let mut newer = LayoutHistory::default();
+        newer.push(&layout(5, &[1, 3]));
+        assert!(!newer.absorb_forgotten(&[id(3)]));
+        assert!(newer.forgotten.is_empty());
+        // Given a role again, it is a member like any other.
+        h.push(&layout(4, &[1, 2, 3]));
+        assert!(h.forgotten.is_empty());
     }
 
     #[test]

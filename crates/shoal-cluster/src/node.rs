@@ -355,6 +355,7 @@ const BUILT_IN_ENDPOINTS: &[&str] = &[
     "admin.repair",
     "admin.stage",
     "admin.apply",
+    "admin.forget",
     "sync",
     "table.write",
     "table.read",
@@ -447,6 +448,9 @@ struct PingReply {
     /// The highest layout version up to which the answering node has offloaded.
     #[serde(default)]
     offloaded: u64,
+    /// The nodes the answering node knows were forgotten (see `LayoutHistory::forgotten`).
+    #[serde(default)]
+    forgotten: Vec<NodeId>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -879,6 +883,42 @@ impl<T: Transport> Node<T> {
         raise(&self.state.table_offloaded, table, version);
     }
 
+    /// Declares `node`, which left the layout and is down, lost (`shoal layout forget`):
+    /// tombstone collection stops waiting for it to report its offload, and its sync sessions
+    /// are refused from now on. Heartbeats spread it to every node.
+    pub async fn forget(&self, node: NodeId) -> Result<(), crate::history::ForgetError> {
+        if self.peers().iter().any(|p| p.id == node && p.up) {
+            return Err(crate::history::ForgetError::Up(node));
+        }
+        let history = {
+            let mut h = self
+                .state
+                .history
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            h.forget(node)?.then(|| h.clone())
+        };
+        if let Some(history) = history {
+            warn!(node = ?node, "node forgotten: its copies are no longer waited for");
+            self.persist(HISTORY_KEY, &history).await;
+        }
+        Ok(())
+    }
+
+    async fn absorb_forgotten(&self, nodes: &[NodeId]) {
+        let history = {
+            let mut h = self
+                .state
+                .history
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            h.absorb_forgotten(nodes).then(|| h.clone())
+        };
+        if let Some(history) = history {
+            self.persist(HISTORY_KEY, &history).await;
+        }
+    }
+
     /// Records a node's sync progress; retires versions no longer needed.
     async fn note_synced(&self, node: NodeId, version: u64) {
         let retired = {
@@ -1272,6 +1312,9 @@ impl<T: Transport> Node<T> {
                         .write()
                         .unwrap_or_else(|e| e.into_inner())
                         .record_offloaded(p.id, reply.offloaded);
+                    if !reply.forgotten.is_empty() {
+                        self.absorb_forgotten(&reply.forgotten).await;
+                    }
                     for (id, addr) in reply.peers {
                         if id != self.id() {
                             self.learn(id, addr);
@@ -1362,6 +1405,7 @@ impl<T: Transport> Node<T> {
                     synced: self.synced_version(),
                     acked: self.acked_version(),
                     offloaded: self.offloaded_version(),
+                    forgotten: self.history().forgotten.into_iter().collect(),
                 }))
             }
             "layout.get" => Ok(encode(&self.layout())),
@@ -1470,6 +1514,11 @@ impl<T: Transport> Node<T> {
                 self.persist(STAGED_KEY, &staged).await;
                 Ok(encode(&self.layout_report()))
             }
+            "admin.forget" => {
+                let node: NodeId = decode(&body)?;
+                self.forget(node).await.map_err(|e| e.to_string())?;
+                Ok(encode(&self.layout_report()))
+            }
             "admin.apply" => {
                 let (next, _) = self.layout_report().preview?;
                 self.set_layout(next).await;
@@ -1566,6 +1615,20 @@ impl<T: Transport> Node<T> {
     }
 
     async fn serve_sync(&self, from: NodeId, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        // What a forgotten node still holds may include values whose deletions were collected
+        // since: none of it comes back in.
+        if self
+            .state
+            .history
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .forgotten
+            .contains(&from)
+        {
+            return Err(format!(
+                "node {from} was forgotten (shoal layout forget): wipe its data before it rejoins"
+            ));
+        }
         let step: SyncStep = decode(&body)?;
         let key = (from, step.session);
         let fill_key = (step.table.clone(), step.partition);

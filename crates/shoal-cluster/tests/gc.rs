@@ -314,3 +314,102 @@ async fn a_node_down_for_the_whole_cycle_rejoins_without_resurrecting() {
         n.node.shutdown();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_left_and_died_holds_collection_back_until_it_is_forgotten() {
+    let secret = ClusterSecret::from_bytes([7; 32]);
+    let mut nodes = cluster(&secret, 2).await;
+    let (a_id, c_id) = (nodes[0].node.id(), nodes[2].node.id());
+    let rep = Replicated::<KvTable, TcpTransport>::new(nodes[0].node.clone(), 2, 2);
+    for i in 0..100 {
+        let item = KvItem::new(&format!("f{i:03}"), "x", Some(vec![3; 50]), 10, a_id);
+        rep.insert(&item).await.unwrap();
+    }
+    let on_c = nodes[2].table.len().unwrap();
+    assert!(on_c > 0, "C holds some of the values");
+
+    // C's disk dies, and the operator removes it from the layout: it never hands anything
+    // off.
+    let c = nodes.pop().unwrap();
+    c.node.shutdown();
+    let mut roles = nodes[0].node.layout().roles.clone();
+    roles.remove(&c_id);
+    let (v2, _) = nodes[0].node.layout().apply(roles).unwrap();
+    nodes[0].node.set_layout(v2).await;
+    for n in &nodes {
+        wait_until("version 2 on A and B", || n.node.layout().version == 2).await;
+    }
+    let quick = shoal_cluster::node::SyncerConfig {
+        start_delay: Duration::ZERO,
+        ..Default::default()
+    };
+    for n in &nodes {
+        n.node.start_syncer("kv", quick.clone()).unwrap();
+    }
+    for n in &nodes {
+        wait_until("the change completes without C", || {
+            !n.node.history().in_transition()
+        })
+        .await;
+    }
+    for i in 0..100 {
+        let tomb = KvItem::new(&format!("f{i:03}"), "x", None, 20, a_id);
+        rep.insert(&tomb).await.unwrap();
+    }
+    let ab = [&nodes[0], &nodes[1]];
+    assert_eq!(
+        collect(&ab).await,
+        0,
+        "C left without reporting its offload: it may still hold the values"
+    );
+    assert_eq!(nodes[1].node.history().departed.get(&c_id), Some(&2));
+
+    // The operator forgets C on A once A counts it down; heartbeats tell B.
+    wait_until("A counts C down", || {
+        nodes[0].node.peers().iter().any(|p| p.id == c_id && !p.up)
+    })
+    .await;
+    let err = nodes[0].node.forget(a_id).await.unwrap_err();
+    assert!(err.to_string().contains("still has a role"), "{err}");
+    nodes[0].node.forget(c_id).await.unwrap();
+    wait_until("B hears that C was forgotten", || {
+        let h = nodes[1].node.history();
+        h.forgotten.contains(&c_id) && h.departed.is_empty()
+    })
+    .await;
+    assert_eq!(collect(&ab).await, 100);
+    for n in &nodes {
+        assert_eq!(n.table.len().unwrap(), 0);
+    }
+
+    // C's disk was not dead after all: it comes back with the old values, which it tries to
+    // hand off. Refused: nothing deleted comes back.
+    let c = start_in(
+        c.dir,
+        Some(c.store),
+        &secret,
+        vec![nodes[0].node.public_addr()],
+        "127.0.0.1:0",
+    )
+    .await;
+    assert_eq!(c.table.len().unwrap(), on_c);
+    wait_until("C hears from A", || {
+        c.node.peers().iter().any(|p| p.id == a_id && p.up)
+    })
+    .await;
+    let held: std::collections::BTreeSet<u8> = (0..100)
+        .map(|i| engine_key(&format!("f{i:03}"), &"x".to_string()))
+        .filter(|k| c.table.get_raw(k).unwrap().is_some())
+        .map(|k| k[0])
+        .collect();
+    assert!(!held.is_empty());
+    for p in held {
+        let e = c.node.push_to(a_id, "kv", p).await.unwrap_err();
+        assert!(e.to_string().contains("forgotten"), "{e}");
+    }
+    for n in &nodes {
+        assert_eq!(n.table.len().unwrap(), 0, "a deleted value came back");
+        n.node.shutdown();
+    }
+    c.node.shutdown();
+}

@@ -134,6 +134,18 @@ fn print_history(h: &shoal_cluster::history::LayoutHistory) {
         .chain(h.acked.keys())
         .chain(h.offloaded.keys())
         .collect();
+    for (n, v) in &h.departed {
+        println!(
+            "  {}  left in version {v}; tombstones wait for its offload (or `shoal layout forget`)",
+            &n.to_string()[..16]
+        );
+    }
+    for n in &h.forgotten {
+        println!(
+            "  {}  forgotten: its sync sessions are refused",
+            &n.to_string()[..16]
+        );
+    }
     for n in nodes {
         let get = |m: &std::collections::BTreeMap<NodeId, u64>| {
             m.get(n).map_or("-".to_string(), |v| v.to_string())
@@ -261,6 +273,45 @@ pub async fn layout_stage(
     let body = rmp_serde::to_vec_named(&(id, role)).context("encoding")?;
     let r: LayoutReport = client.call("admin.stage", body).await?;
     print_report(&r);
+    Ok(())
+}
+
+/// `shoal layout forget`: `node` is matched among the nodes that left the layout and have not
+/// reported their offload.
+pub async fn layout_forget(config: &Config, node: &str) -> anyhow::Result<()> {
+    let client = AdminClient::connect(config).await?;
+    let r: LayoutReport = client.call("admin.layout", Vec::new()).await?;
+    let prefix = node.to_lowercase();
+    let matches: Vec<NodeId> = r
+        .history
+        .departed
+        .keys()
+        .copied()
+        .filter(|id| id.to_string().starts_with(&prefix))
+        .collect();
+    let id = match matches.as_slice() {
+        [one] => *one,
+        [] if r
+            .current
+            .roles
+            .keys()
+            .any(|id| id.to_string().starts_with(&prefix)) =>
+        {
+            bail!(
+                "{node:?} still has a role in the layout: `shoal layout remove` and `apply` it first"
+            )
+        }
+        [] => bail!(
+            "no node that left the layout and still holds tombstones back starts with {node:?}"
+        ),
+        _ => bail!("{node:?} matches {} nodes; give more digits", matches.len()),
+    };
+    let body = rmp_serde::to_vec_named(&id).context("encoding")?;
+    let r: LayoutReport = client.call("admin.forget", body).await?;
+    println!(
+        "forgot {id}: tombstone collection no longer waits for it; wipe its data before it rejoins"
+    );
+    print_history(&r.history);
     Ok(())
 }
 

@@ -236,6 +236,13 @@ enum LayoutAction {
     },
     /// Apply the staged changes as the next layout version.
     Apply,
+    /// Declare a node that left the layout lost for good (its disk is gone): deleted items'
+    /// tombstones stop waiting for it to hand off its copies, and its sync sessions are refused
+    /// from now on, so wipe its data before it ever rejoins.
+    Forget {
+        /// The node (id or id prefix), removed from the layout and applied first.
+        node: String,
+    },
 }
 
 fn config(path: &Option<PathBuf>) -> anyhow::Result<config::Config> {
@@ -362,6 +369,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 LayoutAction::Remove { node } => rt.block_on(cli::layout_stage(&c, &node, None)),
                 LayoutAction::Apply => rt.block_on(cli::layout_apply(&c)),
+                LayoutAction::Forget { node } => rt.block_on(cli::layout_forget(&c, &node)),
             }
         }
     }

@@ -190,6 +190,26 @@ fn adding_and_removing_nodes_moves_items_to_exactly_their_replicas() {
         took.as_secs_f64()
     );
 
+    // Node 2 is up, handing its copies off: it is not forgotten, nor is a member.
+    for (who, says) in [
+        (&id2, "is up and hands its copies off by itself"),
+        (&id(&conf(1)), "still has a role in the layout"),
+    ] {
+        let out = common::shoal()
+            .arg("-c")
+            .arg(conf(1))
+            .args(["layout", "forget", &who[..12]])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{:?} {err} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
     stop(node4);
     stop(dev);
 }
