@@ -26,6 +26,31 @@ const RPC_VERSION: u8 = 1;
 /// Bytes of queued messages a connection's writer seals before one flush.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
+/// Calls and requests in flight on a connection from which its writer, finding nothing more
+/// queued, lets the ready tasks run before sealing (see the writer).
+const BUSY_IN_FLIGHT: usize = 2;
+
+/// Pending once, having woken its task: the runtime puts a task that woke itself at the back
+/// of its worker's run queue (unlike `tokio::task::yield_now`, which waits for the worker to
+/// poll its timers and I/O), so the tasks ready now run before it resumes.
+#[derive(Default)]
+struct RunAfterReady {
+    woken: bool,
+}
+
+impl Future for RunAfterReady {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.woken {
+            return std::task::Poll::Ready(());
+        }
+        self.woken = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
 /// Tunables of a node's network.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
@@ -203,6 +228,12 @@ impl Conn {
             .is_empty()
             && self.permits.available_permits() == self.max_requests
             && self.tx.capacity() == self.tx.max_capacity()
+    }
+
+    /// Calls waiting for a reply plus requests in service: how busy the connection is.
+    fn in_flight(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+            + (self.max_requests - self.permits.available_permits())
     }
 
     fn close(&self) {
@@ -705,9 +736,23 @@ impl<T: Transport> Network<T> {
                 // encryption and one write under load, not one per message), up to a bound so
                 // a busy connection still flushes often.
                 sealer.queue(&msg);
+                let mut requeued = false;
                 while sealer.queued() < WRITE_BATCH_BYTES {
-                    let Ok(more) = rx.try_recv() else { break };
-                    sealer.queue(&more);
+                    match rx.try_recv() {
+                        Ok(more) => sealer.queue(&more),
+                        // Woken by the first message, the writer would otherwise run before
+                        // the other tasks ready on this worker (on a busy connection, callers
+                        // and handlers about to queue more): once per batch, it lets them run
+                        // first. It goes to the back of this worker's queue, behind only the
+                        // tasks ready now, so it waits for one pass over them, never for a
+                        // timer or for the worker to go idle. Not on a quiet connection: there
+                        // it would only add a trip through the scheduler.
+                        Err(_) if !requeued && writer_conn.in_flight() >= BUSY_IN_FLIGHT => {
+                            requeued = true;
+                            RunAfterReady::default().await;
+                        }
+                        Err(_) => break,
+                    }
                 }
                 sealer.seal(&writer_cipher, &mut frames);
                 for frame in frames.drain(..) {
