@@ -1,8 +1,9 @@
 //! Quorum replication: a write succeeds once a write quorum of the partition's nodes has it
 //! durably; a read asks a read quorum, merges, and repairs stale replicas in the background.
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
+use std::pin::Pin;
+use std::task::Poll;
+
 use shoal_net::Transport;
 use shoal_table::codec::Versioned;
 use shoal_table::crdt::Crdt;
@@ -164,11 +165,24 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
             return Err(QuorumError::NoLayout(key[0]));
         }
         let needed = self.read_quorum.min(nodes.len());
-        let (answers, errors) = ask_quorum(self.node.id(), nodes, needed, |n| {
+        // This node's own copy first, read in place: a B-tree lookup, no future to keep.
+        let me = self.node.id();
+        let (mut answers, mut errors) = (Vec::with_capacity(needed), Vec::new());
+        let mut others = nodes;
+        if let Some(i) = others.iter().position(|n| *n == me) {
+            others.remove(i);
+            match self.node.read_local(S::TABLE_NAME, &key) {
+                Ok(v) => answers.push((me, v)),
+                Err(e) => errors.push(e),
+            }
+        }
+        let (more, more_errors) = ask_quorum(me, others, needed - answers.len(), |n| {
             let (node, key) = (self.node.clone(), key.clone());
             async move { node.read_from(n, S::TABLE_NAME, key).await }
         })
         .await;
+        answers.extend(more);
+        errors.extend(more_errors);
         if answers.len() < needed {
             return Err(QuorumError::Read {
                 answers: answers.len(),
@@ -288,44 +302,57 @@ where
     F: Fn(shoal_net::NodeId) -> Fut,
     Fut: std::future::Future<Output = Result<A, String>> + Send + 'static,
 {
+    // More than there are nodes to ask: ask them all; the caller sees the quorum missed.
+    let needed = needed.min(nodes.len());
+    let (mut answers, mut errors) = (Vec::with_capacity(needed), Vec::new());
+    if needed == 0 {
+        return (answers, errors);
+    }
     if let Some(i) = nodes.iter().position(|n| *n == me) {
         nodes[..=i].rotate_right(1);
     }
     let total = nodes.len();
     // The asks are polled inside this task (no task or channel per replica): a read is on
-    // the hot path, and an ask left over when the quorum answers is simply dropped.
-    let mut asking = FuturesUnordered::new();
+    // the hot path, and an ask left over when the quorum answers is simply dropped. At most
+    // a few are in flight, so each wake-up polls them all rather than tracking which woke.
+    let mut asking: Vec<(shoal_net::NodeId, Pin<Box<Fut>>)> = Vec::with_capacity(total);
     let mut pending = nodes.into_iter();
     let launch = |pending: &mut std::vec::IntoIter<shoal_net::NodeId>,
-                  asking: &mut FuturesUnordered<_>|
-     -> bool {
-        match pending.next() {
-            Some(n) => {
-                let fut = ask(n);
-                asking.push(async move { (n, fut.await) });
-                true
-            }
-            None => false,
+                  asking: &mut Vec<(shoal_net::NodeId, Pin<Box<Fut>>)>| {
+        if let Some(n) = pending.next() {
+            asking.push((n, Box::pin(ask(n))));
         }
     };
     for _ in 0..needed {
         launch(&mut pending, &mut asking);
     }
-    let (mut answers, mut errors) = (Vec::new(), Vec::new());
     let hedge = tokio::time::sleep(READ_HEDGE);
     tokio::pin!(hedge);
     while answers.len() < needed && errors.len() <= total - needed && !asking.is_empty() {
-        tokio::select! {
-            Some((n, r)) = asking.next() => match r {
-                Ok(a) => answers.push((n, a)),
-                Err(e) => {
-                    errors.push(e);
-                    launch(&mut pending, &mut asking);
+        let next = std::future::poll_fn(|cx| {
+            for i in 0..asking.len() {
+                if let Poll::Ready(r) = asking[i].1.as_mut().poll(cx) {
+                    let (n, _) = asking.swap_remove(i);
+                    return Poll::Ready(Some((n, r)));
                 }
-            },
-            () = &mut hedge => {
+            }
+            Poll::Pending
+        });
+        let answered = tokio::select! {
+            a = next => a,
+            () = &mut hedge => None,
+        };
+        match answered {
+            Some((n, Ok(a))) => answers.push((n, a)),
+            Some((_, Err(e))) => {
+                errors.push(e);
                 launch(&mut pending, &mut asking);
-                hedge.as_mut().reset(tokio::time::Instant::now() + READ_HEDGE);
+            }
+            None => {
+                launch(&mut pending, &mut asking);
+                hedge
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + READ_HEDGE);
             }
         }
     }
