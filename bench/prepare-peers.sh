@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the systems `shoal-bench cluster` compares Shoal with, once: Garage from the crate
-# registry (cached under bench/.peers, so reruns do not rebuild it) and etcd from Debian.
+# registry (cached under bench/.peers, so reruns do not rebuild it), etcd from Debian, and
+# iptables, with which the catch-up and repair scenarios count bytes.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 peers="$here/.peers"
@@ -20,3 +21,12 @@ if ! command -v etcd >/dev/null; then
     fi
 fi
 etcd --version | head -1
+# The catch-up and repair scenarios count bytes with iptables (as root).
+if ! command -v iptables >/dev/null && ! [ -x /usr/sbin/iptables ]; then
+    echo "installing iptables…"
+    if [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables
+    else
+        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables
+    fi
+fi

@@ -420,7 +420,7 @@ fn iptables(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("iptables")
         .args(args)
         .output()
-        .context("running iptables (scripts/fault-campaign.sh installs it)")?;
+        .context("running iptables (bench/prepare-peers.sh installs it)")?;
     if !out.status.success() {
         bail!(
             "iptables {args:?}: {}",
