@@ -182,11 +182,15 @@ pub trait Engine: ReadView + Send + Sync {
     fn commit_pending(&self) {}
 }
 
-/// Counters of an engine's write path.
+/// Counters of an engine's write path and point reads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineStats {
     /// Transactions submitted and run (committed or aborted).
     pub transactions: u64,
     /// Engine commits performed; with group commit, fewer than `transactions`.
     pub commits: u64,
+    /// Point reads answered by the row cache (engines that have one).
+    pub row_cache_hits: u64,
+    /// Point reads the row cache sent to the B-trees.
+    pub row_cache_misses: u64,
 }

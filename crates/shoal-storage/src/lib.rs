@@ -33,6 +33,7 @@ mod error;
 mod memory;
 mod overlay;
 mod redb_engine;
+mod row_cache;
 mod store;
 
 pub use engine::{

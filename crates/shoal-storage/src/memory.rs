@@ -158,6 +158,7 @@ impl Engine for MemoryEngine {
         EngineStats {
             transactions: n,
             commits: n,
+            ..EngineStats::default()
         }
     }
 }

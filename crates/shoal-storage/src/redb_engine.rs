@@ -14,6 +14,7 @@ use tracing::{debug, warn};
 
 use crate::memory::scan_map;
 use crate::overlay::{WriteBase, run_job};
+use crate::row_cache::RowCache;
 use crate::{
     AfterCommit, Direction, Engine, EngineStats, Entries, KeyRange, OpenError, ReadView,
     StorageError, WriteCallback, WriteJob,
@@ -57,6 +58,8 @@ pub struct RedbOptions {
     pub durability: Durability,
     /// Page cache size in bytes.
     pub cache_size: usize,
+    /// Row cache size in bytes (values of single keys answered without a B-tree walk); 0: none.
+    pub row_cache_size: usize,
     /// Most transactions sharing one commit.
     pub max_group: usize,
     /// Verify every page checksum when opening. Costs one read of the file; catches a damaged
@@ -69,6 +72,7 @@ impl Default for RedbOptions {
         RedbOptions {
             durability: Durability::Immediate,
             cache_size: 256 << 20,
+            row_cache_size: 64 << 20,
             max_group: 4096,
             verify_on_open: true,
         }
@@ -96,13 +100,16 @@ struct DbSlot {
     db: std::sync::RwLock<Option<Arc<redb::Database>>>,
     path: PathBuf,
     cache_size: usize,
-    /// Twice the commits (and reopens) so far, plus one while a commit is under way: even, it
-    /// names the state every new read transaction sees; odd, a new one may see the next.
+    /// Twice the commits (and reopens) so far, plus one while a group runs and commits: even,
+    /// it names the state every new read transaction sees; odd, a new one may see the next.
     generation: AtomicU64,
     /// Tables of the latest committed state, each opened by the first point read after a commit
     /// and shared by the reads that follow until the next one. A point read otherwise pays a
     /// read transaction and a lookup of the table's root, as much again as the read itself.
     latest: std::sync::RwLock<LatestTables>,
+    /// Values of single keys in the latest committed state, exact by the protocol described in
+    /// [`crate::row_cache`], which relies on `generation`.
+    rows: Option<RowCache>,
 }
 
 /// Open read-only tables of one committed state.
@@ -115,18 +122,20 @@ struct LatestTables {
 }
 
 impl DbSlot {
-    fn new(db: Arc<redb::Database>, path: PathBuf, cache_size: usize) -> Self {
+    fn new(db: Arc<redb::Database>, path: PathBuf, options: &RedbOptions) -> Self {
         DbSlot {
             db: std::sync::RwLock::new(Some(db)),
             path,
-            cache_size,
+            cache_size: options.cache_size,
             generation: AtomicU64::new(0),
             latest: Default::default(),
+            rows: RowCache::new(options.row_cache_size),
         }
     }
 
-    /// Called by the writer just before a commit: until [`DbSlot::committed`], new read
-    /// transactions may see either state, and none of their tables is shared.
+    /// Called by the writer before a group's transactions run: until [`DbSlot::committed`],
+    /// new read transactions may see either state, none of their tables is shared, and the row
+    /// cache takes no new entry (the group's writes invalidate theirs as they are made).
     fn committing(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
@@ -189,8 +198,12 @@ impl DbSlot {
     /// still holding the old handle, whose file lock forbids a second open.
     fn reopen(&self, old: Arc<redb::Database>) -> Result<(), StorageError> {
         *self.db.write().unwrap_or_else(|p| p.into_inner()) = None;
-        // Shared tables hold the old file open too.
+        // Shared tables hold the old file open too. The reopened file holds the last durable
+        // commit, which may be older than what the row cache remembers.
         self.committing();
+        if let Some(rows) = &self.rows {
+            rows.clear();
+        }
         self.committed();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let mut old = Some(old);
@@ -289,7 +302,7 @@ impl RedbEngine {
         }
 
         let (queue, rx) = mpsc::channel::<Pending>();
-        let db = Arc::new(DbSlot::new(db, path.clone(), options.cache_size));
+        let db = Arc::new(DbSlot::new(db, path.clone(), &options));
         let writer_db = db.clone();
         let counters = Arc::new(Counters::default());
         let writer_counters = counters.clone();
@@ -523,10 +536,13 @@ fn commit_group(
     let mut any_commit = false;
     let mut fatal = None;
     let mut after_commit: Vec<AfterCommit> = Vec::new();
+    // From here until the commit is over, reads may see either state: see `committing`.
+    slot.committing();
     {
         let base = RedbBase {
             txn: &txn,
             tables: RefCell::new(HashMap::new()),
+            rows: slot.rows.as_ref(),
         };
         for p in group {
             if fatal.is_some() {
@@ -557,14 +573,10 @@ fn commit_group(
             let _ = txn.abort();
             Err(e)
         }
-        None if any_commit => {
-            slot.committing();
-            let committed = txn.commit().map_err(map_err);
-            slot.committed();
-            committed
-        }
+        None if any_commit => txn.commit().map_err(map_err),
         None => txn.abort().map_err(map_err),
     };
+    slot.committed();
     match result {
         Ok(()) => {
             for action in after_commit {
@@ -606,6 +618,8 @@ fn clone_err(e: &StorageError) -> StorageError {
 struct RedbBase<'t> {
     txn: &'t redb::WriteTransaction,
     tables: RefCell<HashMap<String, BytesTable<'t>>>,
+    /// Told of every key written, while the generation is odd.
+    rows: Option<&'t RowCache>,
 }
 
 impl RedbBase<'_> {
@@ -664,10 +678,16 @@ impl WriteBase for RedbBase<'_> {
     }
 
     fn base_put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        if let Some(rows) = self.rows {
+            rows.invalidate(tree, key);
+        }
         self.with_table(tree, |t| t.insert(key, value).map(|_| ()).map_err(map_err))
     }
 
     fn base_delete(&self, tree: &str, key: &[u8]) -> Result<(), StorageError> {
+        if let Some(rows) = self.rows {
+            rows.invalidate(tree, key);
+        }
         self.with_table(tree, |t| t.remove(key).map(|_| ()).map_err(map_err))
     }
 }
@@ -715,10 +735,21 @@ impl RedbEngine {
 
 impl ReadView for RedbEngine {
     fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let Some(t) = self.db.latest_table(tree)? else {
-            return Ok(None);
+        let miss = match &self.db.rows {
+            Some(rows) => match rows.get(tree, key, &self.db.generation) {
+                Ok(known) => return Ok(known),
+                Err(miss) => Some((rows, miss)),
+            },
+            None => None,
         };
-        Ok(t.get(key).map_err(map_err)?.map(|v| v.value().to_vec()))
+        let value = match self.db.latest_table(tree)? {
+            Some(t) => t.get(key).map_err(map_err)?.map(|v| v.value().to_vec()),
+            None => None,
+        };
+        if let Some((rows, miss)) = miss {
+            rows.fill(miss, value.as_deref(), &self.db.generation);
+        }
+        Ok(value)
     }
 
     fn scan(
@@ -764,9 +795,13 @@ impl Engine for RedbEngine {
     }
 
     fn stats(&self) -> EngineStats {
+        let (row_cache_hits, row_cache_misses) =
+            self.db.rows.as_ref().map_or((0, 0), RowCache::counts);
         EngineStats {
             transactions: self.counters.transactions.load(Ordering::Relaxed),
             commits: self.counters.commits.load(Ordering::Relaxed),
+            row_cache_hits,
+            row_cache_misses,
         }
     }
 }
