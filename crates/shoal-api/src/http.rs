@@ -1,7 +1,6 @@
 //! The HTTP surface of the K2V API: request routing, body limits, SigV4 authentication,
 //! content negotiation and the spec's JSON shapes and status codes.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -317,18 +316,34 @@ async fn handle_inner<T: Transport>(ctx: &Ctx<'_, T>, req: Request) -> Result<Re
     }
 }
 
-fn parse_query(raw: &str) -> HashMap<String, String> {
-    raw.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let d = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
-            (d(k), d(v))
-        })
-        .collect()
+/// A request's query parameters, decoded. A handful at most: a list searched in order costs
+/// less than building a hash map for every request. A repeated name keeps its last value.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn get(&self, name: &str) -> Option<&String> {
+        self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
 }
 
-fn required(q: &HashMap<String, String>, name: &str) -> Result<String, String> {
+fn parse_query(raw: &str) -> Query {
+    Query(
+        raw.split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                let d = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+                (d(k), d(v))
+            })
+            .collect(),
+    )
+}
+
+fn required(q: &Query, name: &str) -> Result<String, String> {
     q.get(name)
         .cloned()
         .ok_or_else(|| format!("query parameter {name} is required"))
@@ -350,7 +365,7 @@ fn header_token(h: &HeaderMap) -> Result<Option<CausalContext>, String> {
     }
 }
 
-fn poll_timeout(q: &HashMap<String, String>) -> Result<Duration, String> {
+fn poll_timeout(q: &Query) -> Result<Duration, String> {
     let secs = match q.get("timeout") {
         None => 300,
         Some(t) => t
@@ -687,7 +702,7 @@ async fn delete_batch<T: Transport>(
 async fn read_index<T: Transport>(
     ctx: &Ctx<'_, T>,
     bucket_id: &str,
-    query: &HashMap<String, String>,
+    query: &Query,
 ) -> Result<Response, Failure> {
     let limit = match query.get("limit") {
         Some(l) => Some(
