@@ -205,12 +205,13 @@ async fn handle_inner<T: Transport>(ctx: &Ctx<'_, T>, req: Request) -> Result<Re
         })?;
     let headers = &parts.headers;
     let lookup = |name: &str| -> Option<String> {
-        let values: Vec<&str> = headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        (!values.is_empty()).then(|| values.join(","))
+        let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+        let mut joined = values.next()?.to_owned();
+        for v in values {
+            joined.push(',');
+            joined.push_str(v);
+        }
+        Some(joined)
     };
     let body_hash = sigv4::sha256_hex(&body);
     let now = (crate::now_micros() / 1_000_000) as i64;
