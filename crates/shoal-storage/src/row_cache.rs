@@ -38,8 +38,6 @@ pub(crate) struct RowCache {
     hasher: RandomState,
     /// Bytes one shard may hold.
     shard_budget: usize,
-    hits: AtomicU64,
-    misses: AtomicU64,
 }
 
 #[derive(Default)]
@@ -48,6 +46,10 @@ struct Shard {
     bytes: usize,
     /// The CLOCK hand: index of the next entry eviction looks at.
     hand: usize,
+    /// Lookups answered here and sent on, counted under the shard's lock (no counter shared
+    /// by every core on the read path).
+    hits: u64,
+    misses: u64,
 }
 
 struct Entry {
@@ -74,13 +76,11 @@ impl RowCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::new(),
             shard_budget: budget.div_ceil(SHARDS),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
         })
     }
 
-    /// The value of `key` in `tree` (outer `Some`: known, inner: the value or its absence), or
-    /// the ticket with which to fill the entry after reading the engine.
+    /// The value of `key` in `tree` (`Ok`: known, `None` for an absent key), or the ticket
+    /// with which to fill the entry after reading the engine.
     pub(crate) fn get(
         &self,
         tree: &str,
@@ -93,14 +93,13 @@ impl RowCache {
         if let Some(e) = s.entries.get_mut(&key) {
             e.referenced = true;
             let value = e.value.as_deref().map(<[u8]>::to_vec);
-            drop(s);
-            self.hits.fetch_add(1, Ordering::Relaxed);
+            s.hits += 1;
             return Ok(value);
         }
+        s.misses += 1;
         // Read under the shard's lock: ordered with the writer's invalidations of this shard.
         let g = generation.load(Ordering::SeqCst);
         drop(s);
-        self.misses.fetch_add(1, Ordering::Relaxed);
         Err(Miss {
             shard,
             key,
@@ -149,29 +148,28 @@ impl RowCache {
 
     /// Forgets everything (the file was reopened: its state may be older than the cache's).
     pub(crate) fn clear(&self) {
-        for shard in self.shards.iter() {
-            let mut s = shard.lock().unwrap_or_else(|p| p.into_inner());
-            *s = Shard::default();
+        for i in 0..SHARDS {
+            let mut s = self.lock(i);
+            s.entries = IndexMap::default();
+            s.bytes = 0;
+            s.hand = 0;
         }
     }
 
     /// Point reads answered by the cache and by the engine, since the start.
     pub(crate) fn counts(&self) -> (u64, u64) {
-        (
-            self.hits.load(Ordering::Relaxed),
-            self.misses.load(Ordering::Relaxed),
-        )
+        (0..SHARDS)
+            .map(|i| {
+                let s = self.lock(i);
+                (s.hits, s.misses)
+            })
+            .fold((0, 0), |(h, m), (sh, sm)| (h + sh, m + sm))
     }
 
     /// Bytes held (by the accounting eviction uses).
     #[cfg(test)]
     fn bytes(&self) -> usize {
-        self.shards.iter().map(|s| self.lock_ref(s).bytes).sum()
-    }
-
-    #[cfg(test)]
-    fn lock_ref<'a>(&self, s: &'a Mutex<Shard>) -> std::sync::MutexGuard<'a, Shard> {
-        s.lock().unwrap_or_else(|p| p.into_inner())
+        (0..SHARDS).map(|i| self.lock(i).bytes).sum()
     }
 
     fn shard_of(&self, key: &[u8]) -> usize {
@@ -328,11 +326,9 @@ mod tests {
                 c.invalidate("t", &i.to_be_bytes());
             }
         }
-        let total: usize = c
-            .shards
-            .iter()
-            .map(|s| {
-                let s = c.lock_ref(s);
+        let total: usize = (0..SHARDS)
+            .map(|i| {
+                let s = c.lock(i);
                 let counted: usize = s
                     .entries
                     .iter()
