@@ -1,11 +1,12 @@
 //! The HTTP surface of the K2V API: request routing, body limits, SigV4 authentication,
 //! content negotiation and the spec's JSON shapes and status codes.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -30,13 +31,53 @@ pub(crate) async fn serve<T: Transport>(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
-    let app = axum::Router::new().fallback(handle::<T>).with_state(api);
+    // Each connection is served by hyper's HTTP/1.1 state machine calling `handle` directly:
+    // every K2V request goes to the one handler, so a router (a service clone, a boxed
+    // future and an extension map per request) would only add work to the hot path.
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(error = %e, "K2V API server stopped");
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // Out of file descriptors, typically: wait for connections to close
+                    // rather than spin on the error.
+                    tracing::error!(error = %e, "K2V API cannot accept connections");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            // Responses are written whole, in one call: nothing to gain from Nagle's delay.
+            let _ = stream.set_nodelay(true);
+            let api = api.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    let api = api.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            handle(api, req.map(axum::body::Body::new)).await,
+                        )
+                    }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "K2V API connection ended with an error");
+                }
+            });
         }
     });
     Ok((addr, task))
+}
+
+/// An accept error that concerns one connection only (the listener itself is fine).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }
 
 /// An error as K2V clients expect it: a status and a JSON body.
@@ -112,7 +153,7 @@ impl<T: Transport> Ctx<'_, T> {
     }
 }
 
-async fn handle<T: Transport>(State(api): State<Api<T>>, req: Request) -> Response {
+async fn handle<T: Transport>(api: Api<T>, req: Request) -> Response {
     let started = std::time::Instant::now();
     let ctx = Ctx {
         api: &api,
@@ -195,23 +236,28 @@ async fn handle_inner<T: Transport>(ctx: &Ctx<'_, T>, req: Request) -> Result<Re
 
     // Authenticate.
     let secret = api
-        .key_secret(&auth.key_id)
+        .key_secret(auth.key_id)
         .await
         .map_err(|e| ctx.fail(e))?
         .ok_or_else(|| {
             ctx.fail(ApiError::AccessDenied(
-                sigv4::AuthError::UnknownKey(auth.key_id.clone()).to_string(),
+                sigv4::AuthError::UnknownKey(auth.key_id.to_string()).to_string(),
             ))
         })?;
     let headers = &parts.headers;
-    let lookup = |name: &str| -> Option<String> {
+    let lookup = |name: &str| -> Option<std::borrow::Cow<'_, str>> {
         let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
-        let mut joined = values.next()?.to_owned();
+        let first = values.next()?;
+        // One value, the usual case: borrowed. Several: joined as the signature covers them.
+        let Some(second) = values.next() else {
+            return Some(first.into());
+        };
+        let mut joined = format!("{first},{second}");
         for v in values {
             joined.push(',');
             joined.push_str(v);
         }
-        Some(joined)
+        Some(joined.into())
     };
     let body_hash = sigv4::sha256_hex(&body);
     let now = (crate::now_micros() / 1_000_000) as i64;
@@ -236,12 +282,10 @@ async fn handle_inner<T: Transport>(ctx: &Ctx<'_, T>, req: Request) -> Result<Re
         Some((b, pk)) => (b, Some(pk)),
         None => (path, None),
     };
-    let decode = |s: &str| {
-        percent_decode_str(s)
-            .decode_utf8()
-            .map(|c| c.into_owned())
-            .map_err(|_| bad("path is not UTF-8".into()))
-    };
+    fn percent_decoded(s: &str) -> Result<Cow<'_, str>, std::str::Utf8Error> {
+        percent_decode_str(s).decode_utf8()
+    }
+    let decode = |s| percent_decoded(s).map_err(|_| bad("path is not UTF-8".into()));
     let bucket = decode(bucket_raw)?;
     if bucket.is_empty() {
         return Err(bad("no bucket in the path".into()));
@@ -252,7 +296,7 @@ async fn handle_inner<T: Transport>(ctx: &Ctx<'_, T>, req: Request) -> Result<Re
     let writes = matches!(*method, Method::PUT | Method::DELETE)
         || (*method == Method::POST && pk.is_none() && !query.contains_key("search"));
     let bucket_id = api
-        .authorize(&bucket, &auth.key_id, writes)
+        .authorize(&bucket, auth.key_id, writes)
         .await
         .map_err(|e| ctx.fail(e))?;
 
@@ -319,11 +363,16 @@ async fn handle_inner<T: Transport>(ctx: &Ctx<'_, T>, req: Request) -> Result<Re
 
 /// A request's query parameters, decoded. A handful at most: a list searched in order costs
 /// less than building a hash map for every request. A repeated name keeps its last value.
-struct Query(Vec<(String, String)>);
+/// Query parameters, decoded; borrowed from the request when no escape needed decoding.
+struct Query<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
-impl Query {
-    fn get(&self, name: &str) -> Option<&String> {
-        self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v)
+impl Query<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_ref())
     }
 
     fn contains_key(&self, name: &str) -> bool {
@@ -331,22 +380,21 @@ impl Query {
     }
 }
 
-fn parse_query(raw: &str) -> Query {
+fn parse_query(raw: &str) -> Query<'_> {
     Query(
         raw.split('&')
             .filter(|p| !p.is_empty())
             .map(|p| {
                 let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                let d = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+                let d = |s| percent_decode_str(s).decode_utf8_lossy();
                 (d(k), d(v))
             })
             .collect(),
     )
 }
 
-fn required(q: &Query, name: &str) -> Result<String, String> {
+fn required<'q>(q: &'q Query<'_>, name: &str) -> Result<&'q str, String> {
     q.get(name)
-        .cloned()
         .ok_or_else(|| format!("query parameter {name} is required"))
 }
 
@@ -366,7 +414,7 @@ fn header_token(h: &HeaderMap) -> Result<Option<CausalContext>, String> {
     }
 }
 
-fn poll_timeout(q: &Query) -> Result<Duration, String> {
+fn poll_timeout(q: &Query<'_>) -> Result<Duration, String> {
     let secs = match q.get("timeout") {
         None => 300,
         Some(t) => t
@@ -703,7 +751,7 @@ async fn delete_batch<T: Transport>(
 async fn read_index<T: Transport>(
     ctx: &Ctx<'_, T>,
     bucket_id: &str,
-    query: &Query,
+    query: &Query<'_>,
 ) -> Result<Response, Failure> {
     let limit = match query.get("limit") {
         Some(l) => Some(
@@ -712,16 +760,16 @@ async fn read_index<T: Transport>(
         ),
         None => None,
     };
-    let reverse = match query.get("reverse").map(String::as_str) {
+    let reverse = match query.get("reverse") {
         None | Some("false") => false,
         Some("true") => true,
         Some(other) => return Err(ctx.fail(ApiError::BadRequest(format!("reverse {other}")))),
     };
     let q = IndexQuery {
         bucket: bucket_id.to_string(),
-        prefix: query.get("prefix").cloned(),
-        start: query.get("start").cloned(),
-        end: query.get("end").cloned(),
+        prefix: query.get("prefix").map(str::to_string),
+        start: query.get("start").map(str::to_string),
+        end: query.get("end").map(str::to_string),
         reverse,
         limit: limit.unwrap_or(DEFAULT_LIMIT).min(DEFAULT_LIMIT),
     };

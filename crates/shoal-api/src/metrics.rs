@@ -1,6 +1,7 @@
 //! The node's Prometheus registry: RPC calls (from the network), API requests, and, read at
 //! each scrape, the syncers' progress, table sizes, the store's size and the membership.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -28,11 +29,18 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 17))
 }
 
+/// The series one request updates: its (operation, status) counter and its operation's
+/// latency histogram (both handles share their values with the families).
+type RequestSeries = (Counter, Histogram);
+
 /// K2V requests by operation and status, and their latency by operation.
 #[derive(Clone, Debug)]
 pub struct ApiMetrics {
     requests: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
+    /// The families' series by (operation, status), looked up without building label strings:
+    /// a request's accounting is then a read lock and two atomic updates.
+    handles: Arc<std::sync::RwLock<HashMap<(&'static str, u16), RequestSeries>>>,
 }
 
 impl Default for ApiMetrics {
@@ -40,22 +48,47 @@ impl Default for ApiMetrics {
         ApiMetrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            handles: Default::default(),
         }
     }
 }
 
 impl ApiMetrics {
     /// Records one request.
-    pub fn record(&self, operation: &str, status: u16, seconds: f64) {
-        self.requests
-            .get_or_create(&vec![
+    pub fn record(&self, operation: &'static str, status: u16, seconds: f64) {
+        let known = self
+            .handles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(operation, status))
+            .map(|(count, latency)| {
+                count.inc();
+                latency.observe(seconds);
+            });
+        if known.is_some() {
+            return;
+        }
+        // One statement per handle: `get_or_create` holds its family's lock until the end of
+        // the statement.
+        let count = {
+            let c = self.requests.get_or_create(&vec![
                 ("operation".into(), operation.into()),
                 ("status".into(), status.to_string()),
-            ])
-            .inc();
-        self.latency
-            .get_or_create(&vec![("operation".into(), operation.into())])
-            .observe(seconds);
+            ]);
+            c.clone()
+        };
+        let latency = {
+            let h = self
+                .latency
+                .get_or_create(&vec![("operation".into(), operation.into())]);
+            h.clone()
+        };
+        count.inc();
+        latency.observe(seconds);
+        self.handles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((operation, status), (count, latency));
     }
 }
 
@@ -238,4 +271,48 @@ pub fn registry<T: Transport>(node: &Node<T>, store: &Store, api: &ApiMetrics) -
         store: store.clone(),
     }));
     Arc::new(registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_requests_count_in_the_families_once_each() {
+        let m = ApiMetrics::default();
+        for _ in 0..3 {
+            m.record("ReadItem", 200, 0.001);
+        }
+        m.record("ReadItem", 404, 0.002);
+        m.record("InsertItem", 204, 0.004);
+        let mut registry = Registry::default();
+        registry.register("api_requests", "requests", m.requests.clone());
+        registry.register("api_latency", "latency", m.latency.clone());
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        let value = |series: &str| -> f64 {
+            out.lines()
+                .find(|l| l.starts_with(series))
+                .unwrap_or_else(|| panic!("{series} missing from\n{out}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(
+            value(r#"api_requests_total{operation="ReadItem",status="200"}"#),
+            3.0
+        );
+        assert_eq!(
+            value(r#"api_requests_total{operation="ReadItem",status="404"}"#),
+            1.0
+        );
+        assert_eq!(
+            value(r#"api_requests_total{operation="InsertItem",status="204"}"#),
+            1.0
+        );
+        assert_eq!(value(r#"api_latency_count{operation="ReadItem"}"#), 4.0);
+        assert!((value(r#"api_latency_sum{operation="ReadItem"}"#) - 0.005).abs() < 1e-9);
+    }
 }

@@ -174,13 +174,49 @@ enum Envelope {
     },
 }
 
-impl Envelope {
+/// What [`Envelope`] encodes to, built from borrowed parts: sending a message copies neither
+/// the endpoint's name nor the body before encoding it.
+#[derive(Serialize)]
+enum EnvelopeOut<'a> {
+    Request {
+        id: u64,
+        endpoint: &'a str,
+        body: &'a serde_bytes::Bytes,
+    },
+    Response {
+        id: u64,
+        result: Result<&'a serde_bytes::Bytes, &'a str>,
+    },
+}
+
+impl EnvelopeOut<'_> {
     fn encode(&self) -> Vec<u8> {
-        let mut out = vec![RPC_VERSION];
+        let payload = match self {
+            EnvelopeOut::Request { endpoint, body, .. } => endpoint.len() + body.len(),
+            EnvelopeOut::Response { result, .. } => result.map_or_else(str::len, |b| b.len()),
+        };
+        // The version marker, the field names, the id and the length prefixes fit in the
+        // slack: the message is written into one allocation, never regrown.
+        let mut out = Vec::with_capacity(payload + 48);
+        out.push(RPC_VERSION);
         rmp_serde::encode::write_named(&mut out, self).expect("envelopes encode");
         out
     }
+}
 
+/// The encoded reply to request `id`.
+fn encode_response(id: u64, result: &Result<Vec<u8>, String>) -> Vec<u8> {
+    EnvelopeOut::Response {
+        id,
+        result: match result {
+            Ok(b) => Ok(serde_bytes::Bytes::new(b)),
+            Err(e) => Err(e),
+        },
+    }
+    .encode()
+}
+
+impl Envelope {
     fn decode(bytes: &[u8]) -> Result<Self, String> {
         match bytes.split_first() {
             Some((&RPC_VERSION, rest)) => rmp_serde::from_slice(rest).map_err(|e| e.to_string()),
@@ -538,10 +574,10 @@ impl<T: Transport> Network<T> {
     ) -> Result<Vec<u8>, RpcError> {
         let conn = self.connection(peer).await?;
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
-        let msg = Envelope::Request {
+        let msg = EnvelopeOut::Request {
             id,
-            endpoint: endpoint.to_string(),
-            body: ByteBuf::from(body),
+            endpoint,
+            body: serde_bytes::Bytes::new(&body),
         }
         .encode();
         if msg.len() > self.inner.config.max_message {
@@ -824,11 +860,7 @@ impl<T: Transport> Network<T> {
                             match at_once {
                                 Some(result) => {
                                     metrics.record_served(&endpoint, result.is_ok());
-                                    let reply = Envelope::Response {
-                                        id,
-                                        result: result.map(ByteBuf::from),
-                                    }
-                                    .encode();
+                                    let reply = encode_response(id, &result);
                                     if let Err(mpsc::error::TrySendError::Full(reply)) =
                                         tx.try_send(reply)
                                     {
@@ -840,11 +872,9 @@ impl<T: Transport> Network<T> {
                                 }
                                 None => {
                                     tokio::spawn(async move {
-                                        let result = handling.await.map(ByteBuf::from);
+                                        let result = handling.await;
                                         metrics.record_served(&endpoint, result.is_ok());
-                                        let _ = tx
-                                            .send(Envelope::Response { id, result }.encode())
-                                            .await;
+                                        let _ = tx.send(encode_response(id, &result)).await;
                                         drop(permit);
                                     });
                                 }
@@ -876,6 +906,58 @@ impl<T: Transport> Network<T> {
             .is_some_and(|c| c.serial == conn.serial)
         {
             conns.remove(&conn.peer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The owned form, encoded as before the borrowed one existed: the wire format.
+    fn owned(e: &Envelope) -> Vec<u8> {
+        let mut out = vec![RPC_VERSION];
+        rmp_serde::encode::write_named(&mut out, e).expect("encodes");
+        out
+    }
+
+    #[test]
+    fn borrowed_envelopes_encode_as_the_owned_ones_and_decode_back() {
+        let body = vec![7u8; 300];
+        let request = EnvelopeOut::Request {
+            id: 42,
+            endpoint: "table.read",
+            body: serde_bytes::Bytes::new(&body),
+        }
+        .encode();
+        assert_eq!(
+            request,
+            owned(&Envelope::Request {
+                id: 42,
+                endpoint: "table.read".into(),
+                body: ByteBuf::from(body.clone()),
+            })
+        );
+        assert!(matches!(
+            Envelope::decode(&request),
+            Ok(Envelope::Request { id: 42, endpoint, body: b }) if endpoint == "table.read" && b[..] == body[..]
+        ));
+        for result in [Ok(body.clone()), Err("no table t".to_string())] {
+            let reply = encode_response(u64::MAX, &result);
+            assert_eq!(
+                reply,
+                owned(&Envelope::Response {
+                    id: u64::MAX,
+                    result: result.clone().map(ByteBuf::from),
+                })
+            );
+            match Envelope::decode(&reply) {
+                Ok(Envelope::Response { id, result: r }) => {
+                    assert_eq!(id, u64::MAX);
+                    assert_eq!(r.map(ByteBuf::into_vec), result);
+                }
+                other => panic!("not a response: {other:?}"),
+            }
         }
     }
 }
