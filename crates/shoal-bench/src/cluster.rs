@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use k2v_client::{BatchInsertOp, K2vClient, K2vClientConfig, K2vValue};
+
+use crate::k2v_http::K2vHttp;
 use serde_json::json;
 
 use crate::procs::{Chain, NodeSpec, ShoalCluster, hex32};
@@ -47,6 +49,14 @@ pub struct Args {
     /// 10-minute anti-entropy pass and its repair takes about a quarter of an hour.
     #[arg(long)]
     peer_sync_runs: Option<usize>,
+    /// Load operations to measure: writes, reads (the reads' items are written either way).
+    #[arg(long, value_delimiter = ',', default_value = "writes,reads")]
+    ops: Vec<String>,
+    /// The K2V client of the load scenarios: `lean` (signed HTTP/1.1 requests on one
+    /// kept-alive connection per client; about 16 µs of CPU per request) or `k2v-client`
+    /// (Garage's client crate; about 40 µs, taken from the same two cores as the servers').
+    #[arg(long, default_value = "lean")]
+    k2v_client: String,
     /// Only the load scenarios (no catch-up, no repair).
     #[arg(long)]
     skip_sync_scenarios: bool,
@@ -64,7 +74,9 @@ const PARTITION_KEYS: usize = 16;
 /// One system under test: how to write and read one item.
 #[derive(Clone)]
 enum Target {
-    K2v(Arc<Vec<K2vClient>>),
+    /// `k2v-client` for batches (the fill) and, without the lean client, for the measured
+    /// operations; the lean client, if chosen, for these.
+    K2v(Arc<Vec<K2vClient>>, Option<Arc<Vec<K2vHttp>>>),
     Etcd(
         Arc<Vec<String>>,
         hyper::Client<hyper::client::HttpConnector>,
@@ -74,7 +86,13 @@ enum Target {
 impl Target {
     async fn write(&self, client: usize, key: &str, value: Vec<u8>) -> anyhow::Result<()> {
         match self {
-            Target::K2v(c) => {
+            Target::K2v(_, Some(h)) => {
+                let (pk, sk) = split(key);
+                h[client % h.len()]
+                    .insert(client / h.len(), &pk, sk, &value)
+                    .await
+            }
+            Target::K2v(c, None) => {
                 let (pk, sk) = split(key);
                 c[client % c.len()]
                     .insert_item(&pk, sk, value, None)
@@ -93,7 +111,15 @@ impl Target {
 
     async fn read(&self, client: usize, key: &str) -> anyhow::Result<()> {
         match self {
-            Target::K2v(c) => {
+            Target::K2v(_, Some(h)) => {
+                let (pk, sk) = split(key);
+                let v = h[client % h.len()].read(client / h.len(), &pk, sk).await?;
+                if !matches!(&v, Some(b) if b.len() == VALUE) {
+                    bail!("{key}: unexpected value");
+                }
+                Ok(())
+            }
+            Target::K2v(c, None) => {
                 let (pk, sk) = split(key);
                 let v = c[client % c.len()].read_item(&pk, sk).await?;
                 if !matches!(v.value.first(), Some(K2vValue::Value(b)) if b.len() == VALUE) {
@@ -125,7 +151,7 @@ impl Target {
         // no real workload would repeat; only the items' structure compresses.
         let value = || -> Vec<u8> { (0..VALUE).map(|_| rand::random::<u8>()).collect() };
         match self {
-            Target::K2v(c) => {
+            Target::K2v(c, _) => {
                 let keys: Vec<(String, String)> = (0..n)
                     .map(|i| {
                         let k = key(i);
@@ -330,6 +356,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Runs the whole comparison.
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    if let Some(op) = args
+        .ops
+        .iter()
+        .find(|o| !["writes", "reads"].contains(&o.as_str()))
+    {
+        bail!("unknown load operation {op:?}: writes, reads");
+    }
+    if !["lean", "k2v-client"].contains(&args.k2v_client.as_str()) {
+        bail!("unknown K2V client {:?}: lean, k2v-client", args.k2v_client);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -533,6 +569,10 @@ fn k2v_target(
     bucket: &str,
     region: &str,
 ) -> anyhow::Result<Target> {
+    let lean = endpoints
+        .iter()
+        .map(|e| K2vHttp::new(e, id, secret, bucket, region, CONNECTIONS_PER_NODE))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let clients = endpoints
         .into_iter()
         .map(|endpoint| {
@@ -547,8 +587,11 @@ fn k2v_target(
             .map_err(|e| anyhow::anyhow!("k2v client: {e}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Target::K2v(Arc::new(clients)))
+    Ok(Target::K2v(Arc::new(clients), Some(Arc::new(lean))))
 }
+
+/// Connections the load generator keeps to each node: one per client it sends there.
+const CONNECTIONS_PER_NODE: usize = 64;
 
 fn load_scenarios(
     rt: &tokio::runtime::Runtime,
@@ -562,10 +605,23 @@ fn load_scenarios(
     if args.skip_load {
         return Ok(rows);
     }
+    let target = &match target {
+        Target::K2v(c, _) if args.k2v_client == "k2v-client" => Target::K2v(c.clone(), None),
+        t => t.clone(),
+    };
+    let client_name = match target {
+        Target::K2v(_, Some(_)) => "lean (HTTP/1.1 keep-alive, SigV4)",
+        Target::K2v(_, None) => "k2v-client",
+        Target::Etcd(..) => "etcd JSON gateway (hyper)",
+    };
     let existing = 10_000;
     rt.block_on(target.fill(existing, item_key))
         .with_context(|| format!("{system}: writing the items to read"))?;
     for op in [Op::Write, Op::Read] {
+        let name = if op == Op::Write { "writes" } else { "reads" };
+        if !args.ops.iter().any(|o| o == name) {
+            continue;
+        }
         for &clients in &args.clients {
             let runs: Vec<LoadFigures> = (0..args.runs)
                 .map(|run| {
@@ -583,8 +639,9 @@ fn load_scenarios(
             let m = |f: fn(&LoadFigures) -> f64| median(runs.iter().map(f).collect());
             let row = json!({
                 "system": system, "durability": durability,
-                "scenario": if op == Op::Write { "writes" } else { "reads" },
+                "scenario": name,
                 "clients": clients, "runs": args.runs, "seconds": args.seconds,
+                "client": client_name,
                 "value_bytes": VALUE,
                 "ops_per_sec": m(|r| r.ops_per_sec).round(),
                 "p50_ms": m(|r| r.p50_ms), "p99_ms": m(|r| r.p99_ms), "p999_ms": m(|r| r.p999_ms),

@@ -4,6 +4,7 @@
 mod campaign;
 mod cluster;
 mod insert;
+mod k2v_http;
 mod load;
 mod negentropy_baseline;
 mod procs;
