@@ -245,7 +245,7 @@ async fn handle_inner<T: Transport>(ctx: &Ctx<'_, T>, req: Request) -> Result<Re
             ))
         })?;
     let headers = &parts.headers;
-    let lookup = |name: &str| -> Option<std::borrow::Cow<'_, str>> {
+    let lookup = |name: &str| -> Option<Cow<'_, str>> {
         let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
         let first = values.next()?;
         // One value, the usual case: borrowed. Several: joined as the signature covers them.
@@ -304,12 +304,12 @@ async fn handle_inner<T: Transport>(ctx: &Ctx<'_, T>, req: Request) -> Result<Re
         ("GET", Some(pk)) => {
             let sk = required(&query, "sort_key").map_err(bad)?;
             match query.get("causality_token") {
-                None => read_item(ctx, &bucket_id, &pk, &sk, headers).await,
+                None => read_item(ctx, &bucket_id, &pk, sk, headers).await,
                 Some(token) => {
                     let context = parse_token(token).map_err(bad)?;
                     let timeout = poll_timeout(&query).map_err(bad)?;
                     match api
-                        .poll_item(&bucket_id, &pk, &sk, &context, timeout)
+                        .poll_item(&bucket_id, &pk, sk, &context, timeout)
                         .await
                         .map_err(|e| ctx.fail(e))?
                     {
@@ -325,7 +325,7 @@ async fn handle_inner<T: Transport>(ctx: &Ctx<'_, T>, req: Request) -> Result<Re
             api.insert(
                 &bucket_id,
                 &pk,
-                &sk,
+                sk,
                 context.as_ref(),
                 DvvsValue::Value(body.to_vec()),
             )
@@ -338,7 +338,7 @@ async fn handle_inner<T: Transport>(ctx: &Ctx<'_, T>, req: Request) -> Result<Re
             let context = header_token(headers)
                 .map_err(bad)?
                 .ok_or_else(|| bad("DeleteItem needs X-Garage-Causality-Token".into()))?;
-            api.insert(&bucket_id, &pk, &sk, Some(&context), DvvsValue::Deleted)
+            api.insert(&bucket_id, &pk, sk, Some(&context), DvvsValue::Deleted)
                 .await
                 .map_err(|e| ctx.fail(e))?;
             Ok(StatusCode::NO_CONTENT.into_response())
@@ -361,9 +361,9 @@ async fn handle_inner<T: Transport>(ctx: &Ctx<'_, T>, req: Request) -> Result<Re
     }
 }
 
-/// A request's query parameters, decoded. A handful at most: a list searched in order costs
-/// less than building a hash map for every request. A repeated name keeps its last value.
-/// Query parameters, decoded; borrowed from the request when no escape needed decoding.
+/// A request's query parameters, decoded, and borrowed from the request unless an escape had
+/// to be decoded. A handful at most: a list searched in order costs less than building a hash
+/// map for every request. A repeated name keeps its last value.
 struct Query<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
 impl Query<'_> {
