@@ -106,18 +106,20 @@ impl<'a> Authorization<'a> {
             signed_headers: signed
                 .ok_or_else(|| missing("SignedHeaders"))?
                 .split(';')
-                .map(|h| {
-                    let h = h.trim();
-                    // Clients send them lowercase, as the specification asks.
-                    if h.bytes().any(|b| b.is_ascii_uppercase()) {
-                        Cow::Owned(h.to_ascii_lowercase())
-                    } else {
-                        Cow::Borrowed(h)
-                    }
-                })
+                .map(|h| lowercase(h.trim()))
                 .collect(),
             signature: signature.ok_or_else(|| missing("Signature"))?.trim(),
         })
+    }
+}
+
+/// `s` in ASCII lowercase, copied only if it has an uppercase letter: clients send signed
+/// header names and hex digests lowercase, as the specification asks.
+fn lowercase(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
     }
 }
 
@@ -188,8 +190,8 @@ pub fn verify(
         Some(h) if !h.eq_ignore_ascii_case(req.body_sha256) => {
             return Err(AuthError::PayloadMismatch);
         }
-        Some(h) if h.bytes().any(|b| b.is_ascii_uppercase()) => Cow::Owned(h.to_ascii_lowercase()),
-        Some(h) => h,
+        Some(Cow::Borrowed(h)) => lowercase(h),
+        Some(Cow::Owned(h)) => Cow::Owned(h.to_ascii_lowercase()),
         None => Cow::Borrowed(req.body_sha256),
     };
 
