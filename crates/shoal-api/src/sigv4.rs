@@ -358,7 +358,9 @@ fn shared_signing_key(secret: &str, date: &str, region: &str, service: &str) -> 
     k
 }
 
-fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> Vec<u8> {
+/// The signing key of a day (`YYYYMMDD`), region and service: what a client that signs many
+/// requests derives once per day rather than once per request.
+pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> Vec<u8> {
     let mut k = format!("AWS4{secret}").into_bytes();
     for part in [date, region, service, "aws4_request"] {
         let mut mac = HmacSha256::new_from_slice(&k).expect("any key length");

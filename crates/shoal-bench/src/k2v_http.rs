@@ -91,15 +91,9 @@ impl K2vHttp {
         {
             return *k;
         }
-        let mac = |key: &[u8], data: &str| -> [u8; 32] {
-            let mut m = HmacSha256::new_from_slice(key).expect("any key length");
-            m.update(data.as_bytes());
-            m.finalize().into_bytes().into()
-        };
-        let k = mac(&format!("AWS4{}", self.secret).into_bytes(), date);
-        let k = mac(&k, &self.region);
-        let k = mac(&k, "k2v");
-        let k = mac(&k, "aws4_request");
+        let k: [u8; 32] = shoal_api::sigv4::signing_key(&self.secret, date, &self.region, "k2v")
+            .try_into()
+            .expect("an HMAC-SHA256 output");
         *cached = Some((date.to_string(), k));
         k
     }
@@ -112,16 +106,46 @@ impl K2vHttp {
         sk: &str,
         value: &[u8],
     ) -> anyhow::Result<()> {
-        let r = self.call(slot, "PUT", pk, sk, value).await?;
+        let r = self.call(slot, "PUT", Some((pk, sk)), value).await?;
         if !(200..300).contains(&r.status) {
             bail!("InsertItem {pk}/{sk}: status {}", r.status);
         }
         Ok(())
     }
 
+    /// InsertBatch: every `(pk, sk, value)` in one request, no causality tokens.
+    ///
+    /// No client-side deadline: a durable peer may take seconds to commit a large batch, and
+    /// giving up early would leave the batch's fate unknown (sending it again without
+    /// causality tokens would add sibling values where the first attempt had landed).
+    pub async fn insert_batch(
+        &self,
+        slot: usize,
+        items: &[(String, String, Vec<u8>)],
+    ) -> anyhow::Result<()> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let body: Vec<serde_json::Value> = items
+            .iter()
+            .map(|(pk, sk, v)| serde_json::json!({"pk": pk, "sk": sk, "ct": null, "v": b64.encode(v)}))
+            .collect();
+        let r = self
+            .call(slot, "POST", None, &serde_json::to_vec(&body)?)
+            .await?;
+        if !(200..300).contains(&r.status) {
+            bail!(
+                "InsertBatch of {} items: status {}: {}",
+                items.len(),
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
+        }
+        Ok(())
+    }
+
     /// ReadItem as raw bytes: `None` when the item does not exist.
     pub async fn read(&self, slot: usize, pk: &str, sk: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        let r = self.call(slot, "GET", pk, sk, &[]).await?;
+        let r = self.call(slot, "GET", Some((pk, sk)), &[]).await?;
         match r.status {
             200 => Ok(Some(r.body)),
             404 => Ok(None),
@@ -133,19 +157,16 @@ impl K2vHttp {
         &self,
         slot: usize,
         method: &str,
-        pk: &str,
-        sk: &str,
+        item: Option<(&str, &str)>,
         body: &[u8],
     ) -> anyhow::Result<Reply> {
-        let request = self.request(method, pk, sk, body);
+        let request = self.request(method, item, body);
         let mut conn = self.conns[slot % self.conns.len()].lock().await;
         // A kept-alive connection the server closed since the last request fails at once:
         // that request is sent again on a new connection (both are idempotent here).
         for attempt in 0..2 {
             if conn.is_none() {
-                let stream = TcpStream::connect(&self.host)
-                    .await
-                    .with_context(|| format!("connecting to {}", self.host))?;
+                let stream = self.connect().await?;
                 stream.set_nodelay(true)?;
                 *conn = Some(Conn {
                     stream,
@@ -166,21 +187,43 @@ impl K2vHttp {
         unreachable!("the second attempt returns")
     }
 
-    /// The whole request, signed: headers and body, ready for one write.
-    fn request(&self, method: &str, pk: &str, sk: &str, body: &[u8]) -> Vec<u8> {
+    /// A new connection. A refused one is tried again for a few seconds: a node just started
+    /// may not listen yet, and nothing was sent.
+    async fn connect(&self) -> anyhow::Result<TcpStream> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match TcpStream::connect(&self.host).await {
+                Ok(s) => return Ok(s),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("connecting to {}", self.host)),
+            }
+        }
+    }
+
+    /// The whole request, signed: headers and body, ready for one write. `item` names one
+    /// item (`/bucket/pk?sort_key=sk`); without it the request is for the bucket.
+    fn request(&self, method: &str, item: Option<(&str, &str)>, body: &[u8]) -> Vec<u8> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs() as i64;
-        let amz_date = amz_date(now);
+        let amz_date = shoal_api::sigv4::format_amz_date(now);
         let date = &amz_date[..8];
         let mut path = String::with_capacity(64);
         path.push('/');
         push_encoded(&mut path, &self.bucket);
-        path.push('/');
-        push_encoded(&mut path, pk);
-        let mut query = String::from("sort_key=");
-        push_encoded(&mut query, sk);
+        let mut query = String::new();
+        if let Some((pk, sk)) = item {
+            path.push('/');
+            push_encoded(&mut path, pk);
+            query.push_str("sort_key=");
+            push_encoded(&mut query, sk);
+        }
         let body_hash = hex::encode(Sha256::digest(body));
         const SIGNED: &str = "host;x-amz-content-sha256;x-amz-date";
         let mut canonical = Sha256::new();
@@ -218,7 +261,7 @@ impl K2vHttp {
         }
         let signature = hex::encode(mac.finalize().into_bytes());
         let mut out = format!(
-            "{method} {path}?{query} HTTP/1.1\r\nhost: {host}\r\nx-amz-date: {amz_date}\r\n\
+            "{method} {path}{mark}{query} HTTP/1.1\r\nhost: {host}\r\nx-amz-date: {amz_date}\r\n\
              x-amz-content-sha256: {body_hash}\r\nauthorization: AWS4-HMAC-SHA256 \
              Credential={key_id}/{date}/{region}/k2v/aws4_request, SignedHeaders={SIGNED}, \
              Signature={signature}\r\naccept: application/octet-stream\r\ncontent-length: {len}\r\n\r\n",
@@ -226,6 +269,7 @@ impl K2vHttp {
             key_id = self.key_id,
             region = self.region,
             len = body.len(),
+            mark = if query.is_empty() { "" } else { "?" },
         )
         .into_bytes();
         out.extend_from_slice(body);
@@ -285,38 +329,9 @@ impl Conn {
     }
 }
 
-/// `YYYYMMDDTHHMMSSZ` of a Unix time.
-fn amz_date(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_are_formatted_as_sigv4_wants() {
-        assert_eq!(amz_date(0), "19700101T000000Z");
-        assert_eq!(amz_date(951_782_400), "20000229T000000Z");
-        assert_eq!(amz_date(1_796_601_599), "20261206T235959Z");
-    }
 
     /// The requests are checked by Shoal's own SigV4 verifier (Garage accepts them too: the
     /// benchmark counts every refused request as an error).
@@ -331,11 +346,16 @@ mod tests {
             1,
         )
         .unwrap();
-        for (method, sk, body) in [
-            ("GET", "item 00000012", &b""[..]),
-            ("PUT", "w0-3-17", &[7u8; 100][..]),
+        for (method, item, body) in [
+            ("GET", Some(("p3", "item 00000012")), &b""[..]),
+            ("PUT", Some(("p3", "w0-3-17")), &[7u8; 100][..]),
+            (
+                "POST",
+                None,
+                &br#"[{"pk":"p3","sk":"a","ct":null,"v":"AQ=="}]"#[..],
+            ),
         ] {
-            let bytes = client.request(method, "p3", sk, body);
+            let bytes = client.request(method, item, body);
             let mut headers = [httparse::EMPTY_HEADER; 16];
             let mut req = httparse::Request::new(&mut headers);
             let head = match req.parse(&bytes).unwrap() {
@@ -343,7 +363,16 @@ mod tests {
                 httparse::Status::Partial => panic!("incomplete request"),
             };
             assert_eq!(&bytes[head..], body);
-            let (path, query) = req.path.unwrap().split_once('?').unwrap();
+            let target = req.path.unwrap();
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            assert_eq!(
+                path,
+                if item.is_some() {
+                    "/bench/p3"
+                } else {
+                    "/bench"
+                }
+            );
             let value = |name: &str| {
                 req.headers
                     .iter()
