@@ -162,10 +162,13 @@ impl K2vHttp {
     ) -> anyhow::Result<Reply> {
         let request = self.request(method, item, body);
         let mut conn = self.conns[slot % self.conns.len()].lock().await;
-        // A kept-alive connection the server closed since the last request fails at once:
-        // that request is sent again on a new connection (both are idempotent here).
-        for attempt in 0..2 {
-            if conn.is_none() {
+        // A kept-alive connection the server closed while it was idle fails at once, before
+        // the server has read the request: that request is sent again, once, on a new
+        // connection. A failure on a new connection is returned: the request may have been
+        // applied, and sending it again without causality tokens could add a sibling value.
+        loop {
+            let reused = conn.is_some();
+            if !reused {
                 let stream = self.connect().await?;
                 stream.set_nodelay(true)?;
                 *conn = Some(Conn {
@@ -178,13 +181,12 @@ impl K2vHttp {
                 Ok(r) => return Ok(r),
                 Err(e) => {
                     *conn = None;
-                    if attempt == 1 {
+                    if !reused {
                         return Err(e);
                     }
                 }
             }
         }
-        unreachable!("the second attempt returns")
     }
 
     /// A new connection. A refused one is tried again for a few seconds: a node just started
@@ -403,6 +405,52 @@ mod tests {
                 Err(shoal_api::sigv4::AuthError::BadSignature)
             );
         }
+    }
+
+    /// A request that fails on a kept-alive connection is sent again once, on a new one; a
+    /// failure on a new connection is an error, not sent a third time.
+    #[tokio::test]
+    async fn a_closed_kept_alive_connection_is_retried_once_and_a_new_one_is_not() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            // Each connection serves one request, then closes: the first two answer, the
+            // third closes without answering.
+            for n in 0.. {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = Vec::new();
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 1024];
+                    match s.read(&mut chunk).await.unwrap() {
+                        0 => break,
+                        k => buf.extend_from_slice(&chunk[..k]),
+                    }
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+                if n < 2 {
+                    let body = [b'a' + n as u8];
+                    let head = "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n";
+                    s.write_all(head.as_bytes()).await.unwrap();
+                    s.write_all(&body).await.unwrap();
+                }
+            }
+        });
+        let client = K2vHttp::new(&endpoint, "GKbench", "s", "bench", "garage", 1).unwrap();
+        assert_eq!(client.read(0, "p", "a").await.unwrap(), Some(b"a".to_vec()));
+        // The server closed that connection: the next read fails on it and goes out again.
+        assert_eq!(client.read(0, "p", "b").await.unwrap(), Some(b"b".to_vec()));
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+        // Again on a closed kept-alive connection, then on a new one that closes unanswered.
+        let third =
+            tokio::time::timeout(std::time::Duration::from_secs(10), client.read(0, "p", "c"))
+                .await
+                .expect("no endless retries");
+        assert!(third.is_err());
+        assert_eq!(requests.load(Ordering::SeqCst), 3);
     }
 
     #[test]
