@@ -74,11 +74,17 @@ const PARTITION_KEYS: usize = 16;
 /// One system under test: how to write and read one item.
 #[derive(Clone)]
 enum Target {
-    /// `k2v-client` and the lean client. The fill always goes through the lean client, whose
-    /// batches have no client-side deadline (`k2v-client` gives up after 5 s, less than a
-    /// durable Garage can take for 500 items); the measured operations go through the lean
-    /// client when it is present, else through `k2v-client`.
-    K2v(Arc<Vec<K2vClient>>, Option<Arc<Vec<K2vHttp>>>),
+    /// A K2V API (Shoal's or Garage's), one client of each kind per node.
+    K2v {
+        /// The bench's lean client: the fill always, and the measured operations unless
+        /// `by_k2v_client`. Its batches have no client-side deadline (`k2v-client` gives up
+        /// after 5 s, less than a durable Garage can take for 500 items).
+        lean: Arc<Vec<K2vHttp>>,
+        /// Garage's client crate.
+        k2v_client: Arc<Vec<K2vClient>>,
+        /// The measured operations go through `k2v_client`.
+        by_k2v_client: bool,
+    },
     Etcd(
         Arc<Vec<String>>,
         hyper::Client<hyper::client::HttpConnector>,
@@ -88,18 +94,22 @@ enum Target {
 impl Target {
     async fn write(&self, client: usize, key: &str, value: Vec<u8>) -> anyhow::Result<()> {
         match self {
-            Target::K2v(_, Some(h)) => {
-                let (pk, sk) = split(key);
-                h[client % h.len()]
-                    .insert(client / h.len(), &pk, sk, &value)
-                    .await
-            }
-            Target::K2v(c, None) => {
+            Target::K2v {
+                k2v_client: c,
+                by_k2v_client: true,
+                ..
+            } => {
                 let (pk, sk) = split(key);
                 c[client % c.len()]
                     .insert_item(&pk, sk, value, None)
                     .await?;
                 Ok(())
+            }
+            Target::K2v { lean: h, .. } => {
+                let (pk, sk) = split(key);
+                h[client % h.len()]
+                    .insert(client / h.len(), &pk, sk, &value)
+                    .await
             }
             Target::Etcd(urls, http) => {
                 use base64::Engine;
@@ -113,18 +123,22 @@ impl Target {
 
     async fn read(&self, client: usize, key: &str) -> anyhow::Result<()> {
         match self {
-            Target::K2v(_, Some(h)) => {
+            Target::K2v {
+                k2v_client: c,
+                by_k2v_client: true,
+                ..
+            } => {
                 let (pk, sk) = split(key);
-                let v = h[client % h.len()].read(client / h.len(), &pk, sk).await?;
-                if !matches!(&v, Some(b) if b.len() == VALUE) {
+                let v = c[client % c.len()].read_item(&pk, sk).await?;
+                if !matches!(v.value.first(), Some(K2vValue::Value(b)) if b.len() == VALUE) {
                     bail!("{key}: unexpected value");
                 }
                 Ok(())
             }
-            Target::K2v(c, None) => {
+            Target::K2v { lean: h, .. } => {
                 let (pk, sk) = split(key);
-                let v = c[client % c.len()].read_item(&pk, sk).await?;
-                if !matches!(v.value.first(), Some(K2vValue::Value(b)) if b.len() == VALUE) {
+                let v = h[client % h.len()].read(client / h.len(), &pk, sk).await?;
+                if !matches!(&v, Some(b) if b.len() == VALUE) {
                     bail!("{key}: unexpected value");
                 }
                 Ok(())
@@ -153,7 +167,7 @@ impl Target {
         // no real workload would repeat; only the items' structure compresses.
         let value = || -> Vec<u8> { (0..VALUE).map(|_| rand::random::<u8>()).collect() };
         match self {
-            Target::K2v(_, Some(lean)) => {
+            Target::K2v { lean, .. } => {
                 let items: Vec<(String, String, Vec<u8>)> = (0..n)
                     .map(|i| {
                         let k = key(i);
@@ -180,7 +194,6 @@ impl Target {
                 }
                 Ok(())
             }
-            Target::K2v(_, None) => bail!("the fill goes through the lean client, absent here"),
             Target::Etcd(..) => {
                 let mut tasks = tokio::task::JoinSet::new();
                 for i in 0..n {
@@ -585,7 +598,11 @@ fn k2v_target(
             .map_err(|e| anyhow::anyhow!("k2v client: {e}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Target::K2v(Arc::new(clients), Some(Arc::new(lean))))
+    Ok(Target::K2v {
+        lean: Arc::new(lean),
+        k2v_client: Arc::new(clients),
+        by_k2v_client: false,
+    })
 }
 
 /// Connections the load generator keeps to each node: one per client it sends there.
@@ -607,12 +624,24 @@ fn load_scenarios(
     rt.block_on(target.fill(existing, item_key))
         .with_context(|| format!("{system}: writing the items to read"))?;
     let target = &match target {
-        Target::K2v(c, _) if args.k2v_client == "k2v-client" => Target::K2v(c.clone(), None),
+        Target::K2v {
+            lean, k2v_client, ..
+        } => Target::K2v {
+            lean: lean.clone(),
+            k2v_client: k2v_client.clone(),
+            by_k2v_client: args.k2v_client == "k2v-client",
+        },
         t => t.clone(),
     };
     let client_name = match target {
-        Target::K2v(_, Some(_)) => "lean (HTTP/1.1 keep-alive, SigV4)",
-        Target::K2v(_, None) => "k2v-client",
+        Target::K2v {
+            by_k2v_client: false,
+            ..
+        } => "lean (HTTP/1.1 keep-alive, SigV4)",
+        Target::K2v {
+            by_k2v_client: true,
+            ..
+        } => "k2v-client",
         Target::Etcd(..) => "etcd JSON gateway (hyper)",
     };
     for op in [Op::Write, Op::Read] {
