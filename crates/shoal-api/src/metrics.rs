@@ -150,7 +150,7 @@ impl<T: Transport> Collector for NodeCollector<T> {
                 .collect();
             family(&mut encoder, name, help, MetricType::Gauge, rows)?;
         }
-        let counters: [StatField; 10] = [
+        let counters: [StatField; 12] = [
             (
                 "shoal_sync_partitions_synced",
                 "Partition syncs completed",
@@ -198,6 +198,16 @@ impl<T: Transport> Collector for NodeCollector<T> {
                 "shoal_sync_bytes_received",
                 "Bytes received by sync sessions",
                 |s| s.bytes_received,
+            ),
+            (
+                "shoal_sync_panics",
+                "Panics caught in the syncer's work (the partition is retried, or the syncer restarts)",
+                |s| s.panics,
+            ),
+            (
+                "shoal_gc_panics",
+                "Panics caught in tombstone collection passes (the next pass runs after a backoff)",
+                |s| s.gc_panics,
             ),
         ];
         for (name, help, f) in counters {

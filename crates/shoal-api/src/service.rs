@@ -35,10 +35,6 @@ pub struct ApiConfig {
     pub region: String,
     /// Request bodies above this are refused (413) before being read.
     pub max_body_bytes: usize,
-    /// Acknowledgements a write waits for.
-    pub write_quorum: usize,
-    /// Answers a read waits for.
-    pub read_quorum: usize,
 }
 
 impl Default for ApiConfig {
@@ -46,8 +42,6 @@ impl Default for ApiConfig {
         ApiConfig {
             region: "shoal".into(),
             max_body_bytes: 8 << 20,
-            write_quorum: 2,
-            read_quorum: 2,
         }
     }
 }
@@ -202,15 +196,14 @@ impl<T: Transport> Api<T> {
         node.add_full_table(Arc::new((keys_local.clone(), keys_index)));
         node.add_full_table(Arc::new((buckets_local.clone(), buckets_index)));
 
-        let (w, r) = (config.write_quorum, config.read_quorum);
         let writer = u64::from_be_bytes(node.id().0[..8].try_into().expect("8 bytes"));
         let api = Api {
             inner: Arc::new(Inner {
                 node: node.clone(),
                 store: store.clone(),
-                items: Replicated::new(node.clone(), w, r),
-                keys: Replicated::new(node.clone(), w, r),
-                buckets: Replicated::new(node.clone(), w, r),
+                items: Replicated::new(node.clone()),
+                keys: Replicated::new(node.clone()),
+                buckets: Replicated::new(node.clone()),
                 keys_local,
                 buckets_local,
                 key_cache,

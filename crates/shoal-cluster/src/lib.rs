@@ -14,5 +14,6 @@ pub mod history;
 pub mod kv;
 pub mod layout;
 pub mod node;
+pub mod quorum;
 pub mod replication;
 pub mod worklist;

@@ -53,6 +53,9 @@ pub trait SyncTable: Send + Sync + 'static {
         reverse: bool,
         limit: usize,
     ) -> Result<shoal_storage::Entries, String>;
+    /// Persists what the table keeps in memory (its partition index's heads), so that the
+    /// next open rebuilds nothing. Blocks on storage.
+    fn checkpoint(&self) -> Result<(), String>;
 }
 
 /// An RPC endpoint added by a higher layer (the API's node-to-node calls): the caller's id and
@@ -152,6 +155,13 @@ impl<S: shoal_table::Schema> SyncTable
             .scan(S::TABLE_NAME, range, direction, limit)
             .map_err(|e| e.to_string())
     }
+
+    fn checkpoint(&self) -> Result<(), String> {
+        self.1
+            .checkpoint(self.0.store())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// How a table's tombstone collector behaves.
@@ -180,8 +190,6 @@ pub struct SyncerConfig {
     pub start_delay: Duration,
     /// A full scan happens again after this long without work.
     pub scan_interval: Duration,
-    /// Write quorum: a partition sync fails if more than `replicas − write_quorum` peers fail.
-    pub write_quorum: usize,
     /// Seed of the random order in which partitions are taken.
     pub seed: u64,
 }
@@ -191,7 +199,6 @@ impl Default for SyncerConfig {
         SyncerConfig {
             start_delay: Duration::from_secs(20),
             scan_interval: Duration::from_secs(12 * 3600),
-            write_quorum: 2,
             seed: 0x5eed,
         }
     }
@@ -253,6 +260,13 @@ pub struct SyncerStats {
     /// (a dropped connection, a refusing disk): synced now rather than at the next full scan.
     #[serde(default)]
     pub missed_writes: u64,
+    /// Panics caught in the syncer's work (each fails its partition, or restarts the syncer
+    /// after a backoff): a bug to report, not a reason to stop syncing.
+    #[serde(default)]
+    pub panics: u64,
+    /// Panics caught in the tombstone collector's passes (the next pass runs after a backoff).
+    #[serde(default)]
+    pub gc_panics: u64,
     /// Partitions completed over the last minute, per second.
     #[serde(default)]
     pub rate_per_sec: f64,
@@ -301,6 +315,22 @@ pub struct ClusterStatus {
     /// Items (tombstones included) this node stores, per table.
     #[serde(default)]
     pub tables: BTreeMap<String, u64>,
+    /// Replicas of each partition in the current layout.
+    #[serde(default)]
+    pub replication_factor: usize,
+    /// This node's consistency mode: what its reads and writes wait for.
+    #[serde(default)]
+    pub consistency_mode: crate::quorum::ConsistencyMode,
+    /// Durable acknowledgements a write of a sharded table coordinated here waits for.
+    #[serde(default)]
+    pub write_quorum: usize,
+    /// Answers a read of a sharded table coordinated here waits for.
+    #[serde(default)]
+    pub read_quorum: usize,
+    /// The same for the fully replicated system tables (keys, buckets), over every node of
+    /// the layout.
+    #[serde(default)]
+    pub system_quorums: Option<crate::quorum::Quorums>,
 }
 
 /// The layout, what is staged, and what applying it would do.
@@ -407,6 +437,8 @@ pub struct NodeConfig {
     pub inline_storage: bool,
     /// The wall clock for write stamps (`None`: the system clock).
     pub clock: Option<Arc<dyn WallClock>>,
+    /// What this node's reads and writes wait for (see [`crate::quorum`]).
+    pub consistency: crate::quorum::ConsistencyMode,
 }
 
 impl Default for NodeConfig {
@@ -420,6 +452,7 @@ impl Default for NodeConfig {
             system_store: None,
             inline_storage: false,
             clock: None,
+            consistency: crate::quorum::ConsistencyMode::default(),
         }
     }
 }
@@ -1167,6 +1200,31 @@ impl<T: Transport> Node<T> {
             .unwrap_or_default()
     }
 
+    /// The replication factor of the current layout.
+    pub fn replication_factor(&self) -> usize {
+        self.state
+            .layout
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .replication_factor
+    }
+
+    /// This node's consistency mode.
+    pub fn consistency_mode(&self) -> crate::quorum::ConsistencyMode {
+        self.state.config.consistency
+    }
+
+    /// The quorums of `table` over one of its node sets of `set_len` nodes (a partition's
+    /// nodes in one layout version), under this node's consistency mode.
+    pub fn quorums(&self, table: &str, set_len: usize) -> crate::quorum::Quorums {
+        crate::quorum::Quorums::of(
+            self.replication_of(table),
+            set_len,
+            self.replication_factor(),
+            self.state.config.consistency,
+        )
+    }
+
     /// The nodes storing partition `p` of `table` in the current layout.
     pub fn nodes_for(&self, table: &str, p: u8) -> Vec<NodeId> {
         self.replication_of(table).nodes_of(&self.layout(), p)
@@ -1199,12 +1257,24 @@ impl<T: Transport> Node<T> {
         for p in self.peers() {
             nodes.push(describe(p.id, p.addr, p.up));
         }
+        let rf = layout.replication_factor;
+        let mode = self.consistency_mode();
+        let sharded =
+            crate::quorum::Quorums::of(crate::worklist::Replication::Sharded, rf, rf, mode);
+        let everyone = layout.all_nodes().len();
         ClusterStatus {
             node: self.id(),
             layout_version: layout.version,
             nodes,
             syncers: self.syncer_stats().into_iter().collect(),
             tables: self.table_sizes(),
+            replication_factor: rf,
+            consistency_mode: mode,
+            write_quorum: sharded.write,
+            read_quorum: sharded.read,
+            system_quorums: (everyone > 0).then(|| {
+                crate::quorum::Quorums::of(crate::worklist::Replication::Full, everyone, rf, mode)
+            }),
         }
     }
 
@@ -1279,6 +1349,35 @@ impl<T: Transport> Node<T> {
             t.abort();
         }
         self.net().shutdown();
+    }
+
+    /// Stops the node ([`Node::shutdown`]) and checkpoints every registered table, so that the
+    /// next start rebuilds no partition index. Returns the tables whose checkpoint failed (the
+    /// next start rebuilds their written partitions; nothing is lost).
+    pub async fn close(&self) -> Vec<(String, String)> {
+        self.shutdown();
+        let tables: Vec<Arc<dyn SyncTable>> = self
+            .state
+            .tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut failed = Vec::new();
+        for t in tables {
+            let name = t.name().to_string();
+            let r = self
+                .blocking(move || t.checkpoint())
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+            if let Err(e) = r {
+                warn!(table = %name, error = %e, "index checkpoint at shutdown failed; the next start rebuilds");
+                failed.push((name, e));
+            }
+        }
+        failed
     }
 
     /// Handshakes this node refused (wrong secret, strangers, garbage).
@@ -1430,11 +1529,8 @@ impl<T: Transport> Node<T> {
             "admin.put" => {
                 let (pk, sk, value, copies): (String, String, Option<ByteBuf>, u32) =
                     decode(&body)?;
-                let rep = crate::replication::Replicated::<crate::kv::KvTable, T>::new(
-                    self.clone(),
-                    2,
-                    2,
-                );
+                let rep =
+                    crate::replication::Replicated::<crate::kv::KvTable, T>::new(self.clone());
                 let now = self.now_ms();
                 let value = value.map(ByteBuf::into_vec);
                 for i in 0..copies.max(1) {
@@ -1451,11 +1547,8 @@ impl<T: Transport> Node<T> {
             "kv.put" => {
                 // A client write on the `kv` table at quorum; replies with the write's stamp.
                 let (pk, sk, value): (String, String, Option<ByteBuf>) = decode(&body)?;
-                let rep = crate::replication::Replicated::<crate::kv::KvTable, T>::new(
-                    self.clone(),
-                    2,
-                    2,
-                );
+                let rep =
+                    crate::replication::Replicated::<crate::kv::KvTable, T>::new(self.clone());
                 let now = self.now_ms();
                 let item =
                     crate::kv::KvItem::new(&pk, &sk, value.map(ByteBuf::into_vec), now, self.id());
@@ -1465,11 +1558,8 @@ impl<T: Transport> Node<T> {
             "kv.get" => {
                 // A client read at quorum: the value (`None` if deleted) with its stamp.
                 let (pk, sk): (String, String) = decode(&body)?;
-                let rep = crate::replication::Replicated::<crate::kv::KvTable, T>::new(
-                    self.clone(),
-                    2,
-                    2,
-                );
+                let rep =
+                    crate::replication::Replicated::<crate::kv::KvTable, T>::new(self.clone());
                 let item = rep.get(&pk, &sk).await.map_err(|e| e.to_string())?;
                 Ok(encode(&item.map(|i| {
                     let stamp = i.value.stamp();
@@ -1482,11 +1572,8 @@ impl<T: Transport> Node<T> {
             }
             "admin.get" => {
                 let (pk, sk): (String, String) = decode(&body)?;
-                let rep = crate::replication::Replicated::<crate::kv::KvTable, T>::new(
-                    self.clone(),
-                    2,
-                    2,
-                );
+                let rep =
+                    crate::replication::Replicated::<crate::kv::KvTable, T>::new(self.clone());
                 let item = rep.get(&pk, &sk).await.map_err(|e| e.to_string())?;
                 Ok(encode(
                     &item.and_then(|i| i.value.get().clone()).map(ByteBuf::from),
@@ -1858,220 +1945,43 @@ impl<T: Transport> Node<T> {
             .entry(table.to_string())
             .or_insert(0);
         let node = Arc::downgrade(&self.state);
-        let mut layout_rx = self.state.layout_tx.subscribe();
-        let mut peers_rx = self.state.peer_up_tx.subscribe();
-        let mut repair_rx = self.state.repair_tx.subscribe();
-        let mut retired_rx = self.state.retired_tx.subscribe();
-        let mut missed_rx = self.state.missed_tx.subscribe();
+        // Subscribed now, not in the task: nothing that happens before it first runs is missed.
+        let mut events = SyncerEvents::subscribe(&self.state);
         let name = table.to_string();
+        // The syncer's loop runs under a supervisor: a panic in its work (a bug, a storage
+        // layer that panics) is caught, counted and logged, and the loop starts again after a
+        // backoff with a full scan, instead of the table silently never syncing again.
         let task = tokio::spawn(async move {
-            let replication = node
-                .upgrade()
-                .map(|state| Node { state }.replication_of(&name))
-                .unwrap_or_default();
-            let mut work = crate::worklist::WorkList::new(config.seed, replication);
-            // Peers already up when the syncer starts: a restarted node hears from them in its
-            // first heartbeat round, before this task subscribed to their coming up, and may
-            // have missed writes while it was away (even if no one saw it down). What it shares
-            // with them is queued now rather than at the first full scan.
-            if let Some(state) = node.upgrade() {
-                let me = Node { state };
-                let layout = me.layout();
-                for p in me.peers().into_iter().filter(|p| p.up) {
-                    work.peer_up(&layout, me.id(), p.id);
-                }
-            }
-            // The layout version whose after-acknowledgement pass has been queued.
-            let mut ack_pass: Option<u64> = None;
-            let mut prev = layout_rx.borrow_and_update().clone();
-            let mut next_full = tokio::time::Instant::now() + config.start_delay;
-            // Work postpones the next full scan, but not the first: that one also finds data
-            // this node holds outside its partitions, which no event queues.
-            let mut scanned = false;
-            // Failed partitions come back after a delay that doubles with each failure (1 s up
-            // to a minute), instead of waiting for the next full scan.
-            let mut retry: BTreeMap<u8, Retry> = BTreeMap::new();
+            let mut first_scan = config.start_delay;
+            let mut panics_in_a_row = 0u32;
             loop {
-                let now = tokio::time::Instant::now();
-                for r in retry.values().filter(|r| r.at <= now) {
-                    work.push(r.work);
-                }
-                let Some(state) = node.upgrade() else { return };
-                let me = Node { state };
-                // `changed()` in the select below marks the new layout as seen: compare with the
-                // last one handled rather than trusting `has_changed`.
-                if layout_rx.borrow().version != prev.version || *layout_rx.borrow() != prev {
-                    let next = layout_rx.borrow_and_update().clone();
-                    let t2 = t.clone();
-                    work.layout_changed(&prev, &next, me.id(), |p| t2.has_data(p).unwrap_or(false));
-                    prev = next;
-                }
-                while let Ok(peer) = peers_rx.try_recv() {
-                    work.peer_up(&prev, me.id(), peer);
-                }
-                let missed = me
-                    .state
-                    .missed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_mut(&name)
-                    .map(std::mem::take)
-                    .unwrap_or_default();
-                if !missed.is_empty() {
-                    me.bump(&name, |s| s.missed_writes += missed.len() as u64);
-                    for partition in missed {
-                        let retain = replication.nodes_of(&prev, partition).contains(&me.id());
-                        work.push(crate::worklist::Work { partition, retain });
-                    }
-                }
-                while let Ok(old) = retired_rx.try_recv() {
-                    // Partitions only a retired version gave this node are now offloaded.
-                    let t2 = t.clone();
-                    work.layout_changed(&old, &prev, me.id(), |p| t2.has_data(p).unwrap_or(false));
-                }
-                while let Ok(t) = repair_rx.try_recv() {
-                    if t == name {
-                        next_full = tokio::time::Instant::now();
-                    }
-                }
-                if tokio::time::Instant::now() >= next_full {
-                    let t2 = t.clone();
-                    let layout = prev.clone();
-                    let id = me.id();
-                    work = me
-                        .blocking(move || {
-                            work.full_scan(&layout, id, |p| t2.has_data(p).unwrap_or(false));
-                            work
-                        })
-                        .await
-                        .expect("full scan task");
-                    next_full = tokio::time::Instant::now() + config.scan_interval;
-                    scanned = true;
-                    me.bump(&name, |s| s.full_scans += 1);
-                }
-                me.set_queued(&name, work.len());
-                debug!(table = %name, queued = work.len(), layout = prev.version, "syncer loop");
-                if let Some(w) = work.pop() {
-                    if scanned {
-                        next_full = tokio::time::Instant::now() + config.scan_interval;
-                    }
-                    me.bump(&name, |s| s.in_progress += 1);
-                    let outcome = me.process(&name, &t, w, config.write_quorum).await;
-                    me.bump(&name, |s| s.in_progress -= 1);
-                    let mut again = |lagging_only: bool| {
-                        let failures = retry.get(&w.partition).map_or(0, |r| r.failures) + 1;
-                        let delay = Duration::from_secs(1 << failures.min(6).saturating_sub(1));
-                        let at = tokio::time::Instant::now() + delay;
-                        retry.insert(
-                            w.partition,
-                            Retry {
-                                at,
-                                work: w,
-                                failures,
-                                lagging_only,
-                            },
-                        );
-                        delay
-                    };
-                    match outcome {
-                        Ok(Processed::Done) => {
-                            retry.remove(&w.partition);
-                            me.completed(&name);
-                        }
-                        Ok(Processed::Again) => work.push(w),
-                        Ok(Processed::ReplicasLag(lagging)) => {
-                            // Done here; the live replicas it could not reach get another pass.
-                            me.completed(&name);
-                            let delay = again(true);
-                            info!(table = %name, partition = w.partition, lagging, retry_in = ?delay, "partition synced here; live replicas failed and get another pass");
-                        }
-                        Err(e) => {
-                            let delay = again(false);
-                            warn!(table = %name, partition = w.partition, error = %e, retry_in = ?delay, "partition sync failed");
-                            me.bump(&name, |s| s.errors += 1);
-                        }
-                    }
-                    continue;
-                }
-                // Once every node acknowledged the current version, one more pass over every
-                // partition: writes started under older versions have all landed by then.
-                let history = me.history();
-                if ack_pass != Some(prev.version) && history.all_acked(prev.version) {
-                    ack_pass = Some(prev.version);
-                    // Only partitions whose nodes changed since the oldest live version, and
-                    // only during a change: a single live version has no older writes.
-                    if let Some(oldest) = history
-                        .versions
-                        .first()
-                        .filter(|o| o.version < prev.version)
-                    {
-                        let (t2, from, to, id) = (t.clone(), oldest.clone(), prev.clone(), me.id());
-                        work = me
-                            .blocking(move || {
-                                work.layout_changed(&from, &to, id, |p| {
-                                    t2.has_data(p).unwrap_or(false)
-                                });
-                                work
-                            })
-                            .await
-                            .expect("layout pass task");
-                        continue;
-                    }
-                }
-                // A partition held back only for a lagging replica is whole here.
-                if work.is_empty()
-                    && retry.values().all(|r| r.lagging_only)
-                    && ack_pass == Some(prev.version)
-                {
-                    me.table_done(&name, prev.version).await;
-                    // With a single live version and every retirement handled, this node holds
-                    // nothing outside its partitions of that version.
-                    if retired_rx.is_empty() && !me.history().in_transition() {
-                        me.table_offloaded(&name, prev.version);
-                    }
-                }
-                let next_retry = retry
-                    .values()
-                    .map(|r| r.at)
-                    .min()
-                    .unwrap_or(next_full)
-                    .min(next_full);
-                // Waiting for every node to acknowledge the version: look again shortly.
-                let next_retry = if ack_pass != Some(prev.version) {
-                    next_retry.min(tokio::time::Instant::now() + Duration::from_millis(500))
-                } else {
-                    next_retry
+                let started = Instant::now();
+                let run = std::panic::AssertUnwindSafe(run_syncer(
+                    node.clone(),
+                    name.clone(),
+                    t.clone(),
+                    config.clone(),
+                    first_scan,
+                    events,
+                ));
+                let Err(panic) = futures::FutureExt::catch_unwind(run).await else {
+                    return;
                 };
-                drop(me);
-                // Biased: branches polled in order, so a simulation replays the same choices.
-                tokio::select! {
-                    biased;
-                    _ = layout_rx.changed() => {}
-                    r = retired_rx.recv() => {
-                        if let Ok(old) = r
-                            && let Some(state) = node.upgrade()
-                        {
-                            let me = Node { state };
-                            let t2 = t.clone();
-                            work.layout_changed(&old, &prev, me.id(), |p| t2.has_data(p).unwrap_or(false));
-                        }
-                    }
-                    r = repair_rx.recv() => {
-                        if r.is_ok_and(|t| t == name) {
-                            next_full = tokio::time::Instant::now();
-                        }
-                    }
-                    r = peers_rx.recv() => {
-                        if let Ok(peer) = r
-                            && let Some(state) = node.upgrade()
-                        {
-                            let l = state.layout.read().unwrap_or_else(|p| p.into_inner()).clone();
-                            work.peer_up(&l, state.id, peer);
-                        }
-                    }
-                    _ = missed_rx.changed() => {}
-                    _ = tokio::time::sleep_until(next_retry) => {}
+                let Some(state) = node.upgrade() else { return };
+                if started.elapsed() > Duration::from_secs(600) {
+                    panics_in_a_row = 0;
                 }
+                panics_in_a_row += 1;
+                let backoff = backoff(panics_in_a_row);
+                tracing::error!(table = %name, panic = %panic_message(&*panic), restart_in = ?backoff, "the syncer panicked; it restarts with a full scan");
+                Node {
+                    state: state.clone(),
+                }
+                .bump(&name, |s| s.panics += 1);
+                events = SyncerEvents::subscribe(&state);
+                drop(state);
+                tokio::time::sleep(backoff).await;
+                first_scan = Duration::ZERO;
             }
         });
         self.state
@@ -2176,14 +2086,34 @@ impl<T: Transport> Node<T> {
         let name = table.to_string();
         let task = tokio::spawn(async move {
             let mut first_seen: HashMap<Vec<u8>, Instant> = HashMap::new();
+            let mut panics_in_a_row = 0;
             loop {
-                tokio::time::sleep(config.interval).await;
+                let wait = if panics_in_a_row > 0 {
+                    config.interval.max(backoff(panics_in_a_row))
+                } else {
+                    config.interval
+                };
+                tokio::time::sleep(wait).await;
                 let Some(state) = node.upgrade() else { return };
                 let me = Node { state };
-                let collected = me.collect_once(&name, &t, &config, &mut first_seen).await;
-                if collected > 0 {
-                    info!(table = %name, collected, "tombstones collected");
-                    me.bump(&name, |s| s.tombstones_collected += collected);
+                // A pass that panics is counted and logged; the next one runs after a backoff.
+                let pass = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+                    me.collect_once(&name, &t, &config, &mut first_seen),
+                ))
+                .await;
+                match pass {
+                    Ok(collected) => {
+                        panics_in_a_row = 0;
+                        if collected > 0 {
+                            info!(table = %name, collected, "tombstones collected");
+                            me.bump(&name, |s| s.tombstones_collected += collected);
+                        }
+                    }
+                    Err(panic) => {
+                        panics_in_a_row += 1;
+                        tracing::error!(table = %name, panic = %panic_message(&*panic), "a tombstone collection pass panicked");
+                        me.bump(&name, |s| s.gc_panics += 1);
+                    }
                 }
             }
         });
@@ -2234,7 +2164,11 @@ impl<T: Transport> Node<T> {
                 continue;
             }
             let t2 = t.clone();
-            let Ok(Ok(tombstones)) = self.blocking(move || t2.tombstones(p, 1000)).await else {
+            let tombstones = self
+                .blocking(move || t2.tombstones(p, 1000))
+                .await
+                .unwrap_or_else(|e| reraise(e));
+            let Ok(tombstones) = tombstones else {
                 continue;
             };
             for (key, bytes) in tombstones {
@@ -2387,7 +2321,6 @@ impl<T: Transport> Node<T> {
         table: &str,
         t: &Arc<dyn SyncTable>,
         w: crate::worklist::Work,
-        write_quorum: usize,
     ) -> Result<Processed, String> {
         // Every node of the partition in a live layout version: during a change, the new
         // replicas pull from the old ones through these sessions.
@@ -2426,8 +2359,9 @@ impl<T: Transport> Node<T> {
             // In every live version's node set, enough nodes were reached that any write quorum
             // of that set intersects them: every acknowledged write is now here.
             for nodes in self.write_sets(table, w.partition) {
-                let quorum = write_quorum.min(nodes.len());
-                let needed = nodes.len() - quorum + 1;
+                let needed = self
+                    .quorums(table, nodes.len())
+                    .to_see_every_write(nodes.len());
                 let got = nodes.iter().filter(|n| reached.contains(n)).count();
                 if got < needed {
                     return Err(format!(
@@ -2498,5 +2432,283 @@ impl<T: Transport> Node<T> {
         info!(table, partition = w.partition, "partition offloaded");
         self.bump(table, |s| s.offloaded += 1);
         Ok(Processed::Done)
+    }
+}
+
+/// What wakes a table's syncer, subscribed before it runs.
+struct SyncerEvents {
+    layout: tokio::sync::watch::Receiver<Layout>,
+    peers: tokio::sync::broadcast::Receiver<NodeId>,
+    repair: tokio::sync::broadcast::Receiver<String>,
+    retired: tokio::sync::broadcast::Receiver<Layout>,
+    missed: tokio::sync::watch::Receiver<()>,
+}
+
+impl SyncerEvents {
+    fn subscribe<T: Transport>(state: &State<T>) -> Self {
+        SyncerEvents {
+            layout: state.layout_tx.subscribe(),
+            peers: state.peer_up_tx.subscribe(),
+            repair: state.repair_tx.subscribe(),
+            retired: state.retired_tx.subscribe(),
+            missed: state.missed_tx.subscribe(),
+        }
+    }
+}
+
+/// The delay before retrying work that failed or panicked `failures` times in a row: 1 s,
+/// doubling up to a minute.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1 << failures.clamp(1, 7).saturating_sub(1)).min(Duration::from_secs(60))
+}
+
+/// What a caught panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Re-raises the failure of storage work as a panic of the caller, for the syncer's and the
+/// collector's supervisors to catch and count.
+fn reraise(e: BlockingFailed) -> ! {
+    std::panic::resume_unwind(Box::new(e.to_string()))
+}
+
+/// The loop of a table's syncer (see [`Node::start_syncer`]); returns when the node is gone.
+async fn run_syncer<T: Transport>(
+    node: std::sync::Weak<State<T>>,
+    name: String,
+    t: Arc<dyn SyncTable>,
+    config: SyncerConfig,
+    first_scan: Duration,
+    events: SyncerEvents,
+) {
+    let SyncerEvents {
+        layout: mut layout_rx,
+        peers: mut peers_rx,
+        repair: mut repair_rx,
+        retired: mut retired_rx,
+        missed: mut missed_rx,
+    } = events;
+    let replication = node
+        .upgrade()
+        .map(|state| Node { state }.replication_of(&name))
+        .unwrap_or_default();
+    let mut work = crate::worklist::WorkList::new(config.seed, replication);
+    // Peers already up when the syncer starts: a restarted node hears from them in its
+    // first heartbeat round, before this task subscribed to their coming up, and may
+    // have missed writes while it was away (even if no one saw it down). What it shares
+    // with them is queued now rather than at the first full scan.
+    if let Some(state) = node.upgrade() {
+        let me = Node { state };
+        let layout = me.layout();
+        for p in me.peers().into_iter().filter(|p| p.up) {
+            work.peer_up(&layout, me.id(), p.id);
+        }
+    }
+    // The layout version whose after-acknowledgement pass has been queued.
+    let mut ack_pass: Option<u64> = None;
+    let mut prev = layout_rx.borrow_and_update().clone();
+    let mut next_full = tokio::time::Instant::now() + first_scan;
+    // Work postpones the next full scan, but not the first: that one also finds data
+    // this node holds outside its partitions, which no event queues.
+    let mut scanned = false;
+    // Failed partitions come back after a delay that doubles with each failure (1 s up
+    // to a minute), instead of waiting for the next full scan.
+    let mut retry: BTreeMap<u8, Retry> = BTreeMap::new();
+    loop {
+        let now = tokio::time::Instant::now();
+        for r in retry.values().filter(|r| r.at <= now) {
+            work.push(r.work);
+        }
+        let Some(state) = node.upgrade() else { return };
+        let me = Node { state };
+        // `changed()` in the select below marks the new layout as seen: compare with the
+        // last one handled rather than trusting `has_changed`.
+        if layout_rx.borrow().version != prev.version || *layout_rx.borrow() != prev {
+            let next = layout_rx.borrow_and_update().clone();
+            let t2 = t.clone();
+            work.layout_changed(&prev, &next, me.id(), |p| t2.has_data(p).unwrap_or(false));
+            prev = next;
+        }
+        while let Ok(peer) = peers_rx.try_recv() {
+            work.peer_up(&prev, me.id(), peer);
+        }
+        let missed = me
+            .state
+            .missed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&name)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        if !missed.is_empty() {
+            me.bump(&name, |s| s.missed_writes += missed.len() as u64);
+            for partition in missed {
+                let retain = replication.nodes_of(&prev, partition).contains(&me.id());
+                work.push(crate::worklist::Work { partition, retain });
+            }
+        }
+        while let Ok(old) = retired_rx.try_recv() {
+            // Partitions only a retired version gave this node are now offloaded.
+            let t2 = t.clone();
+            work.layout_changed(&old, &prev, me.id(), |p| t2.has_data(p).unwrap_or(false));
+        }
+        while let Ok(t) = repair_rx.try_recv() {
+            if t == name {
+                next_full = tokio::time::Instant::now();
+            }
+        }
+        if tokio::time::Instant::now() >= next_full {
+            let t2 = t.clone();
+            let layout = prev.clone();
+            let id = me.id();
+            work = me
+                .blocking(move || {
+                    work.full_scan(&layout, id, |p| t2.has_data(p).unwrap_or(false));
+                    work
+                })
+                .await
+                .unwrap_or_else(|e| reraise(e));
+            next_full = tokio::time::Instant::now() + config.scan_interval;
+            scanned = true;
+            me.bump(&name, |s| s.full_scans += 1);
+        }
+        me.set_queued(&name, work.len());
+        debug!(table = %name, queued = work.len(), layout = prev.version, "syncer loop");
+        if let Some(w) = work.pop() {
+            if scanned {
+                next_full = tokio::time::Instant::now() + config.scan_interval;
+            }
+            me.bump(&name, |s| s.in_progress += 1);
+            // A panic in one partition's work fails that partition (retried with backoff),
+            // not the whole syncer.
+            let outcome =
+                    futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+                        me.process(&name, &t, w),
+                    ))
+                    .await
+                    .unwrap_or_else(|panic| {
+                        let message = panic_message(&*panic);
+                        tracing::error!(table = %name, partition = w.partition, panic = %message, "partition sync panicked");
+                        me.bump(&name, |s| s.panics += 1);
+                        Err(format!("panicked: {message}"))
+                    });
+            me.bump(&name, |s| s.in_progress -= 1);
+            let mut again = |lagging_only: bool| {
+                let failures = retry.get(&w.partition).map_or(0, |r| r.failures) + 1;
+                let delay = Duration::from_secs(1 << failures.min(6).saturating_sub(1));
+                let at = tokio::time::Instant::now() + delay;
+                retry.insert(
+                    w.partition,
+                    Retry {
+                        at,
+                        work: w,
+                        failures,
+                        lagging_only,
+                    },
+                );
+                delay
+            };
+            match outcome {
+                Ok(Processed::Done) => {
+                    retry.remove(&w.partition);
+                    me.completed(&name);
+                }
+                Ok(Processed::Again) => work.push(w),
+                Ok(Processed::ReplicasLag(lagging)) => {
+                    // Done here; the live replicas it could not reach get another pass.
+                    me.completed(&name);
+                    let delay = again(true);
+                    info!(table = %name, partition = w.partition, lagging, retry_in = ?delay, "partition synced here; live replicas failed and get another pass");
+                }
+                Err(e) => {
+                    let delay = again(false);
+                    warn!(table = %name, partition = w.partition, error = %e, retry_in = ?delay, "partition sync failed");
+                    me.bump(&name, |s| s.errors += 1);
+                }
+            }
+            continue;
+        }
+        // Once every node acknowledged the current version, one more pass over every
+        // partition: writes started under older versions have all landed by then.
+        let history = me.history();
+        if ack_pass != Some(prev.version) && history.all_acked(prev.version) {
+            ack_pass = Some(prev.version);
+            // Only partitions whose nodes changed since the oldest live version, and
+            // only during a change: a single live version has no older writes.
+            if let Some(oldest) = history
+                .versions
+                .first()
+                .filter(|o| o.version < prev.version)
+            {
+                let (t2, from, to, id) = (t.clone(), oldest.clone(), prev.clone(), me.id());
+                work = me
+                    .blocking(move || {
+                        work.layout_changed(&from, &to, id, |p| t2.has_data(p).unwrap_or(false));
+                        work
+                    })
+                    .await
+                    .unwrap_or_else(|e| reraise(e));
+                continue;
+            }
+        }
+        // A partition held back only for a lagging replica is whole here.
+        if work.is_empty()
+            && retry.values().all(|r| r.lagging_only)
+            && ack_pass == Some(prev.version)
+        {
+            me.table_done(&name, prev.version).await;
+            // With a single live version and every retirement handled, this node holds
+            // nothing outside its partitions of that version.
+            if retired_rx.is_empty() && !me.history().in_transition() {
+                me.table_offloaded(&name, prev.version);
+            }
+        }
+        let next_retry = retry
+            .values()
+            .map(|r| r.at)
+            .min()
+            .unwrap_or(next_full)
+            .min(next_full);
+        // Waiting for every node to acknowledge the version: look again shortly.
+        let next_retry = if ack_pass != Some(prev.version) {
+            next_retry.min(tokio::time::Instant::now() + Duration::from_millis(500))
+        } else {
+            next_retry
+        };
+        drop(me);
+        // Biased: branches polled in order, so a simulation replays the same choices.
+        tokio::select! {
+            biased;
+            _ = layout_rx.changed() => {}
+            r = retired_rx.recv() => {
+                if let Ok(old) = r
+                    && let Some(state) = node.upgrade()
+                {
+                    let me = Node { state };
+                    let t2 = t.clone();
+                    work.layout_changed(&old, &prev, me.id(), |p| t2.has_data(p).unwrap_or(false));
+                }
+            }
+            r = repair_rx.recv() => {
+                if r.is_ok_and(|t| t == name) {
+                    next_full = tokio::time::Instant::now();
+                }
+            }
+            r = peers_rx.recv() => {
+                if let Ok(peer) = r
+                    && let Some(state) = node.upgrade()
+                {
+                    let l = state.layout.read().unwrap_or_else(|p| p.into_inner()).clone();
+                    work.peer_up(&l, state.id, peer);
+                }
+            }
+            _ = missed_rx.changed() => {}
+            _ = tokio::time::sleep_until(next_retry) => {}
+        }
     }
 }

@@ -44,26 +44,24 @@ pub enum QuorumError {
     Decode(String),
 }
 
-/// A table replicated over the cluster through `node`.
+/// A table replicated over the cluster through `node`. Its quorums come from the node
+/// ([`Node::quorums`]): the layout's replication factor, how the table is replicated, and the
+/// node's consistency mode.
 pub struct Replicated<S: Schema, T: Transport> {
     node: Node<T>,
-    write_quorum: usize,
-    read_quorum: usize,
     _schema: std::marker::PhantomData<fn() -> S>,
 }
 
 impl<S: Schema, T: Transport> Replicated<S, T> {
-    /// Replication of `S` through `node`, with the given quorums (2 and 2 for 3 replicas).
-    pub fn new(node: Node<T>, write_quorum: usize, read_quorum: usize) -> Self {
+    /// Replication of `S` through `node`.
+    pub fn new(node: Node<T>) -> Self {
         Replicated {
             node,
-            write_quorum,
-            read_quorum,
             _schema: std::marker::PhantomData,
         }
     }
 
-    /// Merges `entry` on its partition's nodes; returns once `write_quorum` of them have it
+    /// Merges `entry` on its partition's nodes; returns once a write quorum of them have it
     /// durably, in the node set of every live layout version (during a layout change, both
     /// the old and the new replicas). The other writes continue in the background.
     pub async fn insert(&self, entry: &S::Entry) -> Result<(), QuorumError> {
@@ -92,7 +90,7 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
         drop(tx);
         let needed: Vec<usize> = sets
             .iter()
-            .map(|s| self.write_quorum.min(s.len()))
+            .map(|s| self.node.quorums(S::TABLE_NAME, s.len()).write)
             .collect();
         let (mut acked, mut failed, mut errors) = (Vec::new(), Vec::new(), Vec::new());
         let outcome = loop {
@@ -152,7 +150,7 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
         outcome
     }
 
-    /// Reads the item from `read_quorum` of its partition's nodes and returns their merge;
+    /// Reads the item from a read quorum of its partition's nodes and returns their merge;
     /// replicas that answered with less are sent the merge in the background.
     pub async fn get(
         &self,
@@ -164,7 +162,7 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
         if nodes.is_empty() {
             return Err(QuorumError::NoLayout(key[0]));
         }
-        let needed = self.read_quorum.min(nodes.len());
+        let needed = self.node.quorums(S::TABLE_NAME, nodes.len()).read;
         // This node's own copy first, read in place: a B-tree lookup, no future to keep.
         let me = self.node.id();
         let (mut answers, mut errors) = (Vec::with_capacity(needed), Vec::new());
@@ -228,7 +226,7 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
     }
 
     /// Reads the items of `partition_key` in `range` of sort keys (engine-key bounds, from
-    /// [`shoal_table::hash_range`]-style ranges within the partition) from `read_quorum` of
+    /// [`shoal_table::hash_range`]-style ranges within the partition) from a read quorum of
     /// its nodes: the merge of their answers, in key order (descending if `reverse`), at most
     /// `limit`. An item one replica lacks is still returned if another has it.
     pub async fn range(
@@ -243,7 +241,7 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
         if nodes.is_empty() {
             return Err(QuorumError::NoLayout(p));
         }
-        let needed = self.read_quorum.min(nodes.len());
+        let needed = self.node.quorums(S::TABLE_NAME, nodes.len()).read;
         let (replies, errors) = ask_quorum(self.node.id(), nodes, needed, |n| {
             let (node, range) = (self.node.clone(), range.clone());
             async move {

@@ -236,8 +236,8 @@ async fn quorum_writes_reads_repairs_and_refuses_without_quorum() {
     use shoal_cluster::replication::{QuorumError, Replicated};
     let secret = ClusterSecret::from_bytes([9; 32]);
     let (a, b, c, _) = formed_cluster(&secret, 3).await;
-    let via_a = Replicated::<KvTable, _>::new(a.node.clone(), 2, 2);
-    let via_b = Replicated::<KvTable, _>::new(b.node.clone(), 2, 2);
+    let via_a = Replicated::<KvTable, _>::new(a.node.clone());
+    let via_b = Replicated::<KvTable, _>::new(b.node.clone());
     let (pk, sk) = ("p".to_string(), "k".to_string());
     let kv = |t: u64, v: &str| Kv {
         pk: pk.clone(),
@@ -249,11 +249,12 @@ async fn quorum_writes_reads_repairs_and_refuses_without_quorum() {
     let got = via_b.get(&pk, &sk).await.unwrap().unwrap();
     assert_eq!(got.v.get(), "one");
 
-    // A newer version only on A's disk: a read of all three returns it and repairs B and C.
+    // A newer version on A's and C's disks, not B's: a quorum read through B (its own copy
+    // and one of the others) returns it and repairs B.
     a.table.insert_async(&kv(2, "two")).await.unwrap();
-    let all = Replicated::<KvTable, _>::new(b.node.clone(), 2, 3);
-    assert_eq!(all.get(&pk, &sk).await.unwrap().unwrap().v.get(), "two");
-    for n in [&b, &c] {
+    c.table.insert_async(&kv(2, "two")).await.unwrap();
+    assert_eq!(via_b.get(&pk, &sk).await.unwrap().unwrap().v.get(), "two");
+    for n in [&b] {
         let t = n.table.clone();
         let (pk, sk) = (pk.clone(), sk.clone());
         wait_until("read repair reaches the stale replica", move || {
@@ -474,7 +475,7 @@ async fn a_write_a_live_replica_missed_is_synced_at_once() {
 
     // Writes through A while A keeps dropping its connection to C: the writes to C queued or
     // in flight at each cut fail (A and B still make the quorum).
-    let via_a = Replicated::<KvTable, _>::new(a.node.clone(), 2, 2);
+    let via_a = Replicated::<KvTable, _>::new(a.node.clone());
     let mut written = Vec::new();
     for round in 0..20 {
         let batch = items(&format!("cut{round}-"), 300);
@@ -539,4 +540,189 @@ async fn a_write_a_live_replica_missed_is_synced_at_once() {
     let scans = a.node.syncer_stats()["kv"].full_scans;
     assert_eq!(scans, 0, "no full scan ran");
     drop(b);
+}
+
+/// A table whose storage panics on demand: the first `has_data` calls, the first `replica`
+/// calls and the first `tombstones` calls, as a bug in the storage layer would.
+struct Panicky {
+    inner: Arc<dyn shoal_cluster::node::SyncTable>,
+    has_data: std::sync::atomic::AtomicU32,
+    replica: std::sync::atomic::AtomicU32,
+    tombstones: std::sync::atomic::AtomicU32,
+    tombstone_calls: std::sync::atomic::AtomicU32,
+}
+
+fn maybe_panic(left: &std::sync::atomic::AtomicU32, what: &str) {
+    use std::sync::atomic::Ordering::SeqCst;
+    if left
+        .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        panic!("injected panic in {what}");
+    }
+}
+
+impl shoal_cluster::node::SyncTable for Panicky {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn replica(&self, p: u8) -> Box<dyn shoal_sync::session::Replica + Send> {
+        maybe_panic(&self.replica, "replica");
+        self.inner.replica(p)
+    }
+    fn merge_encoded(
+        &self,
+        items: Vec<Vec<u8>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, String>> + Send>> {
+        self.inner.merge_encoded(items)
+    }
+    fn get_encoded(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        self.inner.get_encoded(key)
+    }
+    fn has_data(&self, p: u8) -> Result<bool, String> {
+        maybe_panic(&self.has_data, "has_data");
+        self.inner.has_data(p)
+    }
+    fn scan_partition(&self, p: u8) -> Result<shoal_storage::Entries, String> {
+        self.inner.scan_partition(p)
+    }
+    fn delete_if_unchanged(&self, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<usize, String> {
+        self.inner.delete_if_unchanged(items)
+    }
+    fn item_count(&self) -> Result<u64, String> {
+        self.inner.item_count()
+    }
+    fn tombstones(&self, p: u8, limit: usize) -> Result<shoal_storage::Entries, String> {
+        self.tombstone_calls
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        maybe_panic(&self.tombstones, "tombstones");
+        self.inner.tombstones(p, limit)
+    }
+    fn scan_range(
+        &self,
+        range: &shoal_storage::KeyRange,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<shoal_storage::Entries, String> {
+        self.inner.scan_range(range, reverse, limit)
+    }
+    fn checkpoint(&self) -> Result<(), String> {
+        self.inner.checkpoint()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_syncer_and_the_collector_survive_panics_in_their_work() {
+    use shoal_cluster::node::{GcConfig, SyncerConfig};
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    let secret = ClusterSecret::from_bytes([33; 32]);
+    // Two replicas over three nodes: A's full scan asks whether it holds data in the
+    // partitions it does not store (to offload them).
+    let (a, b, c, layout) = formed_cluster(&secret, 2).await;
+    // A's table panics in its first full scan (the whole syncer goes down), then in the first
+    // three partition sessions (each fails its partition); the collector's, in its first pass.
+    let panicky = Arc::new(Panicky {
+        inner: a.node.table("kv").unwrap(),
+        has_data: AtomicU32::new(1),
+        replica: AtomicU32::new(3),
+        tombstones: AtomicU32::new(0),
+        tombstone_calls: AtomicU32::new(0),
+    });
+    a.node.add_table(panicky.clone());
+    let items: Vec<Kv> = (0..200)
+        .map(|i| Kv {
+            pk: format!("pk{i}"),
+            sk: "s".into(),
+            v: Lww::new(Stamp::new(1, NodeId([1; 32])), format!("v{i}")),
+        })
+        .collect();
+    a.table.insert_many_async(items).await.unwrap();
+    // Only A syncs: it pushes what B and C lack.
+    a.node
+        .start_syncer(
+            "kv",
+            SyncerConfig {
+                start_delay: Duration::from_millis(100),
+                ..SyncerConfig::default()
+            },
+        )
+        .unwrap();
+    // The collector of a partition is its first replica: wrap that node's table too.
+    let collector = [&a, &b, &c]
+        .into_iter()
+        .find(|n| layout.nodes_of(0)[0] == n.node.id())
+        .unwrap();
+    let collected = Arc::new(Panicky {
+        inner: collector.node.table("kv").unwrap(),
+        has_data: AtomicU32::new(0),
+        replica: AtomicU32::new(0),
+        tombstones: AtomicU32::new(1),
+        tombstone_calls: AtomicU32::new(0),
+    });
+    collector.node.add_table(collected.clone());
+    collector
+        .node
+        .start_gc(
+            "kv",
+            GcConfig {
+                interval: Duration::from_millis(100),
+                min_age: Duration::ZERO,
+            },
+        )
+        .unwrap();
+    // Every item ends on its two replicas, and only there (A offloads the others).
+    let expected = |n: &TestNode| {
+        (0..200)
+            .filter(|i| {
+                let p = partition_of(&engine_key(&format!("pk{i}"), &"s".to_string()));
+                layout.nodes_of(p).contains(&n.node.id())
+            })
+            .count() as u64
+    };
+    let counts = || [&a, &b, &c].map(|n| n.table.len().unwrap());
+    let want = [&a, &b, &c].map(expected);
+    for _ in 0..400 {
+        if counts() == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counts(), want);
+    let stats = a.node.syncer_stats()["kv"].clone();
+    // One restart of the whole syncer, three failed partitions: each caught and counted.
+    assert_eq!(stats.panics, 4, "{stats:?}");
+    assert!(stats.errors >= 3, "{stats:?}");
+    // The collector's next passes run after its panicked one.
+    // (Collection waits for the layout change to settle: every node synced version 1.)
+    for _ in 0..600 {
+        if collected.tombstone_calls.load(SeqCst) > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(collected.tombstone_calls.load(SeqCst) > 1);
+    assert_eq!(collector.node.syncer_stats()["kv"].gc_panics, 1);
+    // And the syncer still answers events: a repair brings a new item over.
+    let late = Kv {
+        pk: "late".into(),
+        sk: "s".into(),
+        v: Lww::new(Stamp::new(2, NodeId([1; 32])), "late".into()),
+    };
+    a.table.insert_async(&late).await.unwrap();
+    a.node.request_repair(Some("kv")).unwrap();
+    let owners = layout.nodes_of(partition_of(&engine_key(
+        &"late".to_string(),
+        &"s".to_string(),
+    )));
+    for n in [&b, &c]
+        .into_iter()
+        .filter(|n| owners.contains(&n.node.id()))
+    {
+        wait_until("the repair brings the new item to its replicas", || {
+            tokio::task::block_in_place(|| n.table.get(&"late".to_string(), &"s".to_string()))
+                .unwrap()
+                .is_some()
+        })
+        .await;
+    }
 }

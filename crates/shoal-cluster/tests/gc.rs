@@ -162,7 +162,7 @@ fn stored_bytes(t: &Table<KvTable>) -> u64 {
 async fn a_replica_that_missed_the_delete_holds_collection_back_and_nothing_comes_back() {
     let secret = ClusterSecret::from_bytes([5; 32]);
     let mut nodes = cluster(&secret, 3).await;
-    let rep = Replicated::<KvTable, TcpTransport>::new(nodes[0].node.clone(), 2, 2);
+    let rep = Replicated::<KvTable, TcpTransport>::new(nodes[0].node.clone());
     let me = nodes[0].node.id();
     for i in 0..200 {
         let item = KvItem::new("gc", &format!("k{i:03}"), Some(vec![7; 100]), 10, me);
@@ -228,7 +228,7 @@ async fn a_replica_that_missed_the_delete_holds_collection_back_and_nothing_come
     anti_entropy(&all).await;
     for n in &nodes {
         assert_eq!(n.table.len().unwrap(), 0);
-        let got = Replicated::<KvTable, TcpTransport>::new(n.node.clone(), 2, 2)
+        let got = Replicated::<KvTable, TcpTransport>::new(n.node.clone())
             .get(&"gc".to_string(), &"k007".to_string())
             .await
             .unwrap();
@@ -258,7 +258,7 @@ async fn a_node_down_for_the_whole_cycle_rejoins_without_resurrecting() {
         .take(50)
         .collect();
     assert_eq!(keys.len(), 50);
-    let rep = Replicated::<KvTable, TcpTransport>::new(nodes[0].node.clone(), 2, 2);
+    let rep = Replicated::<KvTable, TcpTransport>::new(nodes[0].node.clone());
     let me = nodes[0].node.id();
     for pk in &keys {
         rep.insert(&KvItem::new(pk, "x", Some(vec![1; 50]), 10, me))
@@ -320,7 +320,7 @@ async fn a_node_that_left_and_died_holds_collection_back_until_it_is_forgotten()
     let secret = ClusterSecret::from_bytes([7; 32]);
     let mut nodes = cluster(&secret, 2).await;
     let (a_id, c_id) = (nodes[0].node.id(), nodes[2].node.id());
-    let rep = Replicated::<KvTable, TcpTransport>::new(nodes[0].node.clone(), 2, 2);
+    let rep = Replicated::<KvTable, TcpTransport>::new(nodes[0].node.clone());
     for i in 0..100 {
         let item = KvItem::new(&format!("f{i:03}"), "x", Some(vec![3; 50]), 10, a_id);
         rep.insert(&item).await.unwrap();

@@ -844,10 +844,15 @@ impl<T: Transport> Network<T> {
                             };
                             let metrics = net.inner.metrics.clone();
                             let tx = reader_conn.tx.clone();
-                            let mut handling =
+                            // A handler that panics (a bug) answers with an error instead
+                            // of leaving its caller to time out, or taking this reader down.
+                            let mut handling = std::panic::AssertUnwindSafe(
                                 net.inner
                                     .handler
-                                    .handle(peer, endpoint.clone(), body.into_vec());
+                                    .handle(peer, endpoint.clone(), body.into_vec()),
+                            )
+                            .catch_unwind()
+                            .map(|r| r.unwrap_or_else(|panic| Err(handler_panicked(&*panic))));
                             // A handler that needs no I/O (a point read) is done at its first
                             // poll: answered here, it costs no task. Any other, or one that
                             // waits after all, goes on in a task of its own, so this reader
@@ -960,4 +965,15 @@ mod tests {
             }
         }
     }
+}
+
+/// The error a caller receives when the handler of its request panicked.
+fn handler_panicked(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    warn!(panic = %message, "an RPC handler panicked");
+    format!("the request's handler panicked: {message}")
 }

@@ -10,10 +10,15 @@ use shoal_net::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// `echo` returns the body, `slow` sleeps then answers, `fail` errors, `whoami` names the caller.
+/// `echo` returns the body, `slow` sleeps then answers, `fail` errors, `whoami` names the caller,
+/// `panic` panics (`echo` and `panic` answer at their first poll, in the connection's reader).
 struct TestHandler;
 
 impl Handler for TestHandler {
+    fn answers_at_once(&self, endpoint: &str) -> bool {
+        endpoint == "echo" || endpoint == "panic"
+    }
+
     fn handle(
         &self,
         from: NodeId,
@@ -29,6 +34,7 @@ impl Handler for TestHandler {
                 }
                 "fail" => Err("the handler refused".into()),
                 "whoami" => Ok(from.0.to_vec()),
+                "panic" => panic!("a bug in the handler"),
                 other => Err(format!("no endpoint {other}")),
             }
         })
@@ -289,4 +295,26 @@ async fn a_simultaneous_dial_settles_on_one_connection_per_pair() {
     assert_eq!(a.call(b.node_id(), "echo", vec![3]).await.unwrap(), vec![3]);
     assert_eq!(b.call(a.node_id(), "echo", vec![4]).await.unwrap(), vec![4]);
     assert_eq!((a.open_connections(), b.open_connections()), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_answers_an_error_and_the_connection_lives_on() {
+    let (a, b, addr) = pair().await;
+    b.connect(&addr, Some(a.node_id())).await.unwrap();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = b.call(a.node_id(), "panic", vec![]).await.unwrap_err();
+        assert!(
+            matches!(&err, RpcError::Remote(m) if m.contains("panicked") && m.contains("a bug in the handler")),
+            "{err}"
+        );
+        // Answered, not timed out.
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(
+            b.call(a.node_id(), "echo", b"still here".to_vec())
+                .await
+                .unwrap(),
+            b"still here"
+        );
+    }
 }

@@ -111,8 +111,10 @@ pub struct RunConfig {
     pub seed: u64,
     /// What goes wrong.
     pub scenario: Scenario,
-    /// Nodes (replication factor 3, quorums 2).
+    /// Nodes.
     pub nodes: usize,
+    /// Replicas of each partition (quorums follow: a majority of them).
+    pub rf: usize,
     /// Seconds of load with faults.
     pub load_secs: u64,
     /// Seconds allowed, after healing, for the replicas to converge.
@@ -126,6 +128,7 @@ impl RunConfig {
             seed,
             scenario,
             nodes: 5,
+            rf: 3,
             load_secs: 20,
             converge_secs: 60,
         }
@@ -291,6 +294,7 @@ pub fn run(config: &RunConfig) -> Outcome {
             config.seed,
             skews[i],
         );
+        let rf = config.rf;
         let bootstrap: Vec<String> = (0..n)
             .filter(|j| *j != i)
             .map(|j| format!("{}:{PORT}", host(j)))
@@ -318,8 +322,9 @@ pub fn run(config: &RunConfig) -> Outcome {
                         system_store: Some(store.clone()),
                         inline_storage: true,
                         clock: Some(Arc::new(SimClock { skew_ms: skew })),
+                        consistency: Default::default(),
                     },
-                    Layout::empty(3),
+                    Layout::empty(rf),
                 )
                 .await?;
                 let index =
@@ -332,7 +337,6 @@ pub fn run(config: &RunConfig) -> Outcome {
                     SyncerConfig {
                         start_delay: Duration::from_secs(2),
                         scan_interval: Duration::from_secs(15),
-                        write_quorum: 2,
                         seed: seed ^ i as u64,
                     },
                 )?;

@@ -1,6 +1,6 @@
 //! `shoal-sim`: a campaign of deterministic cluster simulations.
 //!
-//! `cargo run --release -p shoal-sim -- --seeds N [--scenario NAME] [--first-seed S]` runs
+//! `cargo run --release -p shoal-sim -- --seeds N [--scenario NAME] [--rf R] [--first-seed S]` runs
 //! N seeds (of one scenario, or of each), prints each failure with the command that replays it,
 //! and ends with `P passed, F failed`.
 
@@ -19,6 +19,9 @@ struct Args {
     /// One scenario: partitions, crashes, clock-skew, layout-change, mixed (default: all).
     #[arg(long)]
     scenario: Option<String>,
+    /// Replicas of each partition over the five nodes (1 to 5); quorums are majorities.
+    #[arg(long, default_value_t = 3)]
+    rf: usize,
     /// Print every run, not only failures.
     #[arg(long)]
     verbose: bool,
@@ -42,12 +45,19 @@ fn main() -> std::process::ExitCode {
             }
         },
     };
+    if !(1..=5).contains(&args.rf) {
+        eprintln!("--rf must be from 1 to 5 (the simulated cluster has five nodes)");
+        return std::process::ExitCode::from(2);
+    }
     let (mut passed, mut failed) = (0u64, 0u64);
     let (mut acked, mut faults, mut lost) = (0usize, 0usize, 0usize);
     let started = std::time::Instant::now();
     for scenario in scenarios {
         for seed in args.first_seed..args.first_seed + args.seeds {
-            let outcome = run(&RunConfig::new(seed, scenario));
+            let outcome = run(&RunConfig {
+                rf: args.rf,
+                ..RunConfig::new(seed, scenario)
+            });
             acked += outcome.acked;
             faults += outcome.faults;
             lost += outcome.lost_transactions;
@@ -68,9 +78,10 @@ fn main() -> std::process::ExitCode {
             } else {
                 failed += 1;
                 println!(
-                    "FAIL {} seed {seed} (replay: cargo run --release -p shoal-sim -- --scenario {} --first-seed {seed} --seeds 1 --verbose)",
+                    "FAIL {} seed {seed} (replay: cargo run --release -p shoal-sim -- --scenario {} --rf {} --first-seed {seed} --seeds 1 --verbose)",
                     scenario.name(),
-                    scenario.name()
+                    scenario.name(),
+                    args.rf
                 );
                 for v in outcome.violations.iter().take(10) {
                     println!("     {v}");

@@ -4,17 +4,24 @@
 use shoal_sim::cluster::{RunConfig, Scenario, run};
 
 fn campaign(scenario: Scenario, seeds: u64) {
+    campaign_at(scenario, 3, seeds);
+}
+
+fn campaign_at(scenario: Scenario, rf: usize, seeds: u64) {
     let mut failures = Vec::new();
     let mut acked = 0;
     for seed in 1..=seeds {
-        let o = run(&RunConfig::new(seed, scenario));
+        let o = run(&RunConfig {
+            rf,
+            ..RunConfig::new(seed, scenario)
+        });
         acked += o.acked;
         if !o.passed() {
             failures.push(format!("seed {seed}: {}", o.violations.join("; ")));
         }
     }
     eprintln!(
-        "{}: {seeds} seeds, {acked} acknowledged writes, {} failed",
+        "{} at rf {rf}: {seeds} seeds, {acked} acknowledged writes, {} failed",
         scenario.name(),
         failures.len()
     );
@@ -53,6 +60,18 @@ fn mixed() {
 #[test]
 fn layout_churn() {
     campaign(Scenario::LayoutChurn, 34);
+}
+
+/// Five replicas of every partition over the five nodes: quorums of 3, so a partitioned
+/// minority of two acknowledges nothing, and every read meets every acknowledged write.
+#[test]
+fn rf5_partitions() {
+    campaign_at(Scenario::Partitions, 5, 17);
+}
+
+#[test]
+fn rf5_mixed() {
+    campaign_at(Scenario::Mixed, 5, 17);
 }
 
 /// The replay child: runs one seed and prints its trace (inert unless `SHOAL_SIM_REPLAY`).

@@ -28,6 +28,16 @@ struct StatusView {
     syncers: std::collections::BTreeMap<String, shoal_cluster::node::SyncerStats>,
     /// Items stored on the answering node, per table.
     tables: std::collections::BTreeMap<String, u64>,
+    /// Replicas of each partition in the current layout.
+    replication_factor: usize,
+    /// The answering node's consistency mode.
+    consistency_mode: shoal_cluster::quorum::ConsistencyMode,
+    /// Acknowledgements a write coordinated by the answering node waits for.
+    write_quorum: usize,
+    /// Answers a read coordinated by the answering node waits for.
+    read_quorum: usize,
+    /// The same for the fully replicated system tables (access keys, buckets).
+    system_quorums: Option<shoal_cluster::quorum::Quorums>,
 }
 
 fn view(s: &ClusterStatus) -> StatusView {
@@ -48,6 +58,11 @@ fn view(s: &ClusterStatus) -> StatusView {
             .collect(),
         syncers: s.syncers.clone(),
         tables: s.tables.clone(),
+        replication_factor: s.replication_factor,
+        consistency_mode: s.consistency_mode,
+        write_quorum: s.write_quorum,
+        read_quorum: s.read_quorum,
+        system_quorums: s.system_quorums,
     }
 }
 
@@ -68,6 +83,10 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("layout version {}", v.layout_version);
+    println!(
+        "replication factor {}, consistency mode {}: writes wait for {} replicas, reads for {}",
+        v.replication_factor, v.consistency_mode, v.write_quorum, v.read_quorum
+    );
     if let Ok(r) = client
         .call::<LayoutReport>("admin.layout", Vec::new())
         .await

@@ -22,9 +22,14 @@ pub struct Config {
     /// Other nodes to contact at start.
     #[serde(default)]
     pub bootstrap_peers: Vec<String>,
-    /// Replicas of each partition.
+    /// Replicas of each partition (1 to 7), fixed when the cluster's first layout is applied.
     #[serde(default = "default_rf")]
     pub replication_factor: usize,
+    /// What reads and writes coordinated by this node wait for: `consistent` (quorum writes
+    /// and reads, read-after-write), `degraded` (reads from one replica: may be stale) or
+    /// `dangerous` (writes and reads on one replica: may lose acknowledged writes).
+    #[serde(default)]
+    pub consistency_mode: shoal_cluster::quorum::ConsistencyMode,
     /// Milliseconds between heartbeats.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_ms: u64,
@@ -67,6 +72,9 @@ fn default_sync_interval() -> u64 {
     12 * 3600
 }
 
+/// The largest replication factor accepted (every value from 1 up to it is tested).
+pub const MAX_REPLICATION_FACTOR: usize = 7;
+
 fn default_rf() -> usize {
     3
 }
@@ -106,8 +114,11 @@ impl Config {
             a.parse::<SocketAddr>()
                 .with_context(|| format!("bootstrap_peers: {a:?} is not an address"))?;
         }
-        if self.replication_factor == 0 {
-            bail!("replication_factor must be at least 1");
+        if !(1..=MAX_REPLICATION_FACTOR).contains(&self.replication_factor) {
+            bail!(
+                "replication_factor = {} is out of range: from 1 to {MAX_REPLICATION_FACTOR}",
+                self.replication_factor
+            );
         }
         if self.admin_bind_addr.is_some()
             && self
@@ -182,5 +193,28 @@ rpc_secret = "0000000000000000000000000000000000000000000000000000000000000001"
             parse(&format!("{GOOD}\nreplication_factor = 0\n")).unwrap_err()
         );
         assert!(e.contains("replication_factor"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse(&format!("{GOOD}\nreplication_factor = 8\n")).unwrap_err()
+        );
+        assert!(e.contains("from 1 to 7"), "{e}");
+        for rf in 1..=7 {
+            let c = parse(&format!("{GOOD}\nreplication_factor = {rf}\n")).unwrap();
+            assert_eq!(c.replication_factor, rf);
+        }
+        let e = format!(
+            "{:#}",
+            parse(&format!("{GOOD}\nconsistency_mode = \"strong\"\n")).unwrap_err()
+        );
+        assert!(e.contains("consistency_mode"), "{e}");
+        let c = parse(&format!("{GOOD}\nconsistency_mode = \"degraded\"\n")).unwrap();
+        assert_eq!(
+            c.consistency_mode,
+            shoal_cluster::quorum::ConsistencyMode::Degraded
+        );
+        assert_eq!(
+            parse(GOOD).unwrap().consistency_mode,
+            shoal_cluster::quorum::ConsistencyMode::Consistent
+        );
     }
 }

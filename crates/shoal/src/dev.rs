@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use shoal_cluster::layout::NodeRole;
 use shoal_cluster::node::{ClusterStatus, LayoutReport};
+use shoal_cluster::quorum::ConsistencyMode;
 
 use crate::client::AdminClient;
 use crate::config::Config;
@@ -25,15 +26,47 @@ fn secret(dir: &Path, name: &str) -> anyhow::Result<String> {
     }
 }
 
+/// What `shoal dev` starts.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// Where the nodes keep their data and configuration.
+    pub dir: PathBuf,
+    /// How many nodes.
+    pub nodes: usize,
+    /// RPC port of the first node.
+    pub base_port: u16,
+    /// Replicas of each partition.
+    pub replication_factor: usize,
+    /// Every node's consistency mode.
+    pub consistency_mode: ConsistencyMode,
+    /// Stop when standard input closes.
+    pub exit_with_stdin: bool,
+}
+
 /// Writes each node's configuration, starts the nodes, applies a layout, and waits.
-pub async fn run(
-    dir: PathBuf,
-    nodes: usize,
-    base_port: u16,
-    exit_with_stdin: bool,
-) -> anyhow::Result<()> {
+pub async fn run(options: DevOptions) -> anyhow::Result<()> {
+    let DevOptions {
+        dir,
+        nodes,
+        base_port,
+        replication_factor,
+        consistency_mode,
+        exit_with_stdin,
+    } = options;
     if nodes == 0 {
         bail!("--nodes must be at least 1");
+    }
+    if !(1..=crate::config::MAX_REPLICATION_FACTOR).contains(&replication_factor) {
+        bail!(
+            "--replication-factor {replication_factor} is out of range: from 1 to {}",
+            crate::config::MAX_REPLICATION_FACTOR
+        );
+    }
+    if replication_factor > nodes {
+        bail!(
+            "--replication-factor {replication_factor} needs at least {replication_factor} nodes: \
+             add --nodes {replication_factor}"
+        );
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
@@ -50,7 +83,8 @@ pub async fn run(
             rpc_public_addr: None,
             rpc_secret: secret.clone(),
             bootstrap_peers: (0..nodes).filter(|&j| j != k).map(addr).collect(),
-            replication_factor: nodes.min(3),
+            replication_factor,
+            consistency_mode,
             heartbeat_ms: 500,
             sync_start_delay_ms: 2_000,
             sync_interval_secs: 600,
@@ -87,6 +121,14 @@ pub async fn run(
         .await?
         .call("admin.layout", Vec::new())
         .await?;
+    if report.current.version > 0 && report.current.replication_factor != replication_factor {
+        bail!(
+            "the cluster in {} was created with replication factor {}, not {replication_factor}; \
+             the replication factor is fixed when a cluster is created: use another --dir",
+            dir.display(),
+            report.current.replication_factor
+        );
+    }
     let missing: Vec<_> = status
         .nodes
         .iter()
@@ -104,8 +146,8 @@ pub async fn run(
         }
         let r: LayoutReport = client.call("admin.apply", Vec::new()).await?;
         println!(
-            "applied layout version {} over {} nodes",
-            r.current.version, nodes
+            "applied layout version {} over {} nodes, replication factor {}",
+            r.current.version, nodes, r.current.replication_factor
         );
     } else {
         println!(

@@ -48,6 +48,13 @@ enum Command {
         /// RPC port of the first node; the others follow.
         #[arg(long, default_value_t = 3901)]
         base_port: u16,
+        /// Replicas of each partition, 1 to 7 and at most the node count [default: 3, or the
+        /// node count if smaller]. Fixed when the cluster is first created.
+        #[arg(long, value_name = "R")]
+        replication_factor: Option<usize>,
+        /// What reads and writes wait for on every node: consistent, degraded or dangerous.
+        #[arg(long, default_value = "consistent")]
+        consistency_mode: shoal_cluster::quorum::ConsistencyMode,
         /// Stop when standard input closes (for tests).
         #[arg(long, hide = true)]
         exit_with_stdin: bool,
@@ -284,8 +291,17 @@ fn main() -> anyhow::Result<()> {
             dir,
             nodes,
             base_port,
+            replication_factor,
+            consistency_mode,
             exit_with_stdin,
-        } => rt()?.block_on(dev::run(dir, nodes, base_port, exit_with_stdin)),
+        } => rt()?.block_on(dev::run(dev::DevOptions {
+            dir,
+            nodes,
+            base_port,
+            replication_factor: replication_factor.unwrap_or(nodes.min(3)),
+            consistency_mode,
+            exit_with_stdin,
+        })),
         Command::Status { json } => {
             let c = config(&cli.config)?;
             rt()?.block_on(cli::status(&c, json))

@@ -24,6 +24,7 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
         bootstrap: config.bootstrap_peers.clone(),
         heartbeat: Duration::from_millis(config.heartbeat_ms),
         system_store: Some(store.clone()),
+        consistency: config.consistency_mode,
         ..NodeConfig::default()
     };
     let index = shoal_sync::index::PartitionIndex::open_async(
@@ -51,7 +52,7 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("listening on {}", config.rpc_bind_addr))?;
-    node.add_table(Arc::new((kv, index.clone())));
+    node.add_table(Arc::new((kv, index)));
     let api = shoal_api::Api::install(
         &node,
         &store,
@@ -59,7 +60,6 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
         shoal_api::ApiConfig {
             region: config.api_region.clone(),
             max_body_bytes: config.api_max_body_bytes,
-            ..shoal_api::ApiConfig::default()
         },
     )
     .await
@@ -120,12 +120,8 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
         _ = stdin_closed => {}
     }
     tracing::info!("shutting down");
-    node.shutdown();
-    // Persist the index heads, so the next start rebuilds nothing.
-    let checkpoint = tokio::task::spawn_blocking(move || index.checkpoint(&store)).await?;
-    if let Err(e) = checkpoint {
-        tracing::warn!(error = %e, "index checkpoint at shutdown failed; the next start rebuilds");
-    }
+    // Every table's index heads are persisted, so the next start rebuilds nothing.
+    node.close().await;
     Ok(())
 }
 
