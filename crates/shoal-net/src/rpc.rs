@@ -915,6 +915,17 @@ impl<T: Transport> Network<T> {
     }
 }
 
+/// The error a caller receives when the handler of its request panicked.
+fn handler_panicked(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    warn!(panic = %message, "an RPC handler panicked");
+    format!("the request's handler panicked: {message}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -965,15 +976,4 @@ mod tests {
             }
         }
     }
-}
-
-/// The error a caller receives when the handler of its request panicked.
-fn handler_panicked(panic: &(dyn std::any::Any + Send)) -> String {
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
-    warn!(panic = %message, "an RPC handler panicked");
-    format!("the request's handler panicked: {message}")
 }
