@@ -217,6 +217,9 @@ struct IndexState {
     in_flight: [u32; 256],
     /// Changes since the last checkpoint.
     changes: u64,
+    /// Partitions rebuilt from their items when the index was opened (marked dirty: written
+    /// since their last checkpoint, by a run that did not close cleanly).
+    rebuilt_at_open: usize,
 }
 
 /// A change's effect on a head, applied when its transaction commits.
@@ -296,6 +299,7 @@ impl PartitionIndex {
                 marked: [false; 256],
                 in_flight: [0; 256],
                 changes: 0,
+                rebuilt_at_open: 0,
             })),
         }
     }
@@ -309,8 +313,12 @@ impl PartitionIndex {
         move |tx| {
             let fresh = tx.get(&head_tree, FORMAT_KEY)?.is_none();
             let mut heads = Box::new([Head::default(); 256]);
+            let mut rebuilt_at_open = 0;
             for p in 0..=255u8 {
                 let dirty = fresh || tx.get(&head_tree, &dirty_key(p))?.is_some();
+                if dirty && !fresh {
+                    rebuilt_at_open += 1;
+                }
                 let head = if dirty {
                     let head = compute_head(tx, &table, &key, p)?;
                     store_head(tx, &head_tree, p, &head)?;
@@ -332,8 +340,16 @@ impl PartitionIndex {
                 marked: [false; 256],
                 in_flight: [0; 256],
                 changes: 0,
+                rebuilt_at_open,
             })
         }
+    }
+
+    /// Partitions whose heads were rebuilt from their items when this index was opened: those
+    /// written since their last checkpoint (0 after a clean shutdown; a table indexed for the
+    /// first time is not counted).
+    pub fn rebuilt_at_open(&self) -> usize {
+        lock(&self.state).rebuilt_at_open
     }
 
     /// The table this index follows.

@@ -44,11 +44,12 @@ pub fn run(action: Action) -> anyhow::Result<()> {
             let (store, index) = open(&t)?;
             let report = index.verify(&store)?;
             println!(
-                "table {}: {} items in {} partitions checked, {} partitions mismatched",
+                "table {}: {} items in {} partitions checked, {} partitions mismatched, {} rebuilt at open (written since their last checkpoint)",
                 t.table,
                 report.items,
                 report.partitions,
-                report.mismatched.len()
+                report.mismatched.len(),
+                index.rebuilt_at_open()
             );
             if !report.mismatched.is_empty() {
                 println!("mismatched partitions: {:?}", report.mismatched);

@@ -37,6 +37,12 @@ pub fn start_dev(dir: &Path, base: u16, nodes: usize) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let out = wait_for_ready(&mut child);
+    (child, out)
+}
+
+/// Waits for a `shoal dev` child's "ready" line; returns everything it printed up to then.
+pub fn wait_for_ready(child: &mut Child) -> String {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -49,10 +55,8 @@ pub fn start_dev(dir: &Path, base: u16, nodes: usize) -> (Child, String) {
             }
         }
     });
-    let out = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("shoal dev prints that the cluster is ready");
-    (child, out)
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("shoal dev prints that the cluster is ready")
 }
 
 /// Starts `shoal server -c config`, stopped by closing its standard input.
