@@ -22,7 +22,9 @@ pub struct NodeRole {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
     /// Fewer storage nodes than the replication factor.
-    #[error("{nodes} storage nodes cannot hold {rf} replicas of each partition")]
+    #[error(
+        "replication factor {rf} needs at least {rf} storage nodes (each replica of a partition on its own node); the layout would have {nodes}"
+    )]
     TooFewNodes {
         /// Storage nodes available.
         nodes: usize,
