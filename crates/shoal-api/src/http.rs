@@ -89,6 +89,27 @@ struct Failure {
     region: String,
 }
 
+impl Failure {
+    /// The response, logged: every 5xx at warn with its reason and request id (the client gets
+    /// the same id), others at debug; a 503 tells the client when to retry.
+    fn into_response_logged(self, request_id: &str, operation: &str) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(request_id, operation, status = %self.status, path = %self.path, reason = %self.message, "K2V request failed");
+        } else {
+            tracing::debug!(request_id, operation, status = %self.status, path = %self.path, message = %self.message, "K2V request refused");
+        }
+        let unavailable = self.status == StatusCode::SERVICE_UNAVAILABLE;
+        let mut response = self.into_response();
+        if unavailable {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
+    }
+}
+
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         #[derive(Serialize)]
@@ -121,8 +142,24 @@ fn status_of(e: &ApiError) -> (StatusCode, &'static str) {
         ApiError::NoSuchBucket(_) => (StatusCode::NOT_FOUND, "NoSuchBucket"),
         ApiError::NoSuchKey => (StatusCode::NOT_FOUND, "NoSuchKey"),
         ApiError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
+        ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
         ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
     }
+}
+
+/// Seconds a client is asked to wait before retrying a 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// The header naming a request in responses and logs.
+const REQUEST_ID_HEADER: &str = "x-amz-request-id";
+
+/// A request id unique within this process and unlikely to repeat across nodes: a random
+/// prefix drawn at start, then a counter.
+fn next_request_id() -> String {
+    static PREFIX: std::sync::LazyLock<u32> = std::sync::LazyLock::new(rand::random);
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:08x}{n:016x}", *PREFIX)
 }
 
 struct Ctx<'a, T: Transport> {
@@ -160,13 +197,24 @@ async fn handle<T: Transport>(api: Api<T>, req: Request) -> Response {
         path: req.uri().path().to_string(),
     };
     let operation = operation_of(req.method(), req.uri());
-    let response = match handle_inner(&ctx, req).await {
-        Ok(r) => r,
-        Err(f) => {
-            tracing::debug!(status = %f.status, path = %f.path, message = %f.message, "K2V request refused");
-            f.into_response()
-        }
+    let request_id = next_request_id();
+    // Long polls wait by design, for minutes: they take no request slot.
+    let long_poll = matches!(operation, "PollItem" | "PollRange");
+    let admitted = if long_poll { None } else { api.admit() };
+    let mut response = match admitted {
+        None if !long_poll => ctx
+            .fail(ApiError::Unavailable(
+                "this node has more requests in flight than it accepts; retry later".into(),
+            ))
+            .into_response_logged(&request_id, operation),
+        _permit => match handle_inner(&ctx, req).await {
+            Ok(r) => r,
+            Err(f) => f.into_response_logged(&request_id, operation),
+        },
     };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
     api.metrics().record(
         operation,
         response.status().as_u16(),
@@ -186,6 +234,7 @@ fn operation_of(method: &Method, uri: &axum::http::Uri) -> &'static str {
         ("PUT", true) => "InsertItem",
         ("DELETE", true) => "DeleteItem",
         ("POST", true) if has("poll_range") => "PollRange",
+        ("SEARCH", true) => "PollRange",
         ("GET", false) => "ReadIndex",
         ("POST", false) if has("search") => "ReadBatch",
         ("SEARCH", false) => "ReadBatch",
@@ -274,7 +323,16 @@ async fn handle_inner<T: Transport>(ctx: &Ctx<'_, T>, req: Request) -> Result<Re
         &api.config().region,
         now,
     )
-    .map_err(|e| ctx.fail(ApiError::AccessDenied(e.to_string())))?;
+    .map_err(|e| match e {
+        // A signature for another region or service is a malformed request, as AWS and Garage
+        // answer it: the client is misconfigured, not refused.
+        sigv4::AuthError::WrongScope(_) => ctx.custom(
+            StatusCode::BAD_REQUEST,
+            "AuthorizationHeaderMalformed",
+            e.to_string(),
+        ),
+        e => ctx.fail(ApiError::AccessDenied(e.to_string())),
+    })?;
 
     // Route.
     let path = parts.uri.path().trim_start_matches('/');
@@ -291,7 +349,7 @@ async fn handle_inner<T: Transport>(ctx: &Ctx<'_, T>, req: Request) -> Result<Re
         return Err(bad("no bucket in the path".into()));
     }
     let pk = pk_raw.map(decode).transpose()?;
-    let query = parse_query(parts.uri.query().unwrap_or(""));
+    let query = parse_query(parts.uri.query().unwrap_or("")).map_err(bad)?;
     let method = &parts.method;
     let writes = matches!(*method, Method::PUT | Method::DELETE)
         || (*method == Method::POST && pk.is_none() && !query.contains_key("search"));
@@ -335,10 +393,10 @@ async fn handle_inner<T: Transport>(ctx: &Ctx<'_, T>, req: Request) -> Result<Re
         }
         ("DELETE", Some(pk)) => {
             let sk = required(&query, "sort_key").map_err(bad)?;
-            let context = header_token(headers)
-                .map_err(bad)?
-                .ok_or_else(|| bad("DeleteItem needs X-Garage-Causality-Token".into()))?;
-            api.insert(&bucket_id, &pk, sk, Some(&context), DvvsValue::Deleted)
+            // Without a token the deletion is concurrent with every value there is (as
+            // Garage does it): they stay, beside a tombstone, until a write that saw them.
+            let context = header_token(headers).map_err(bad)?;
+            api.insert(&bucket_id, &pk, sk, context.as_ref(), DvvsValue::Deleted)
                 .await
                 .map_err(|e| ctx.fail(e))?;
             Ok(StatusCode::NO_CONTENT.into_response())
@@ -346,6 +404,8 @@ async fn handle_inner<T: Transport>(ctx: &Ctx<'_, T>, req: Request) -> Result<Re
         ("POST", Some(pk)) if query.contains_key("poll_range") => {
             poll_range(ctx, &bucket_id, &pk, &body).await
         }
+        // The specification's alternative route for PollRange.
+        ("SEARCH", Some(pk)) => poll_range(ctx, &bucket_id, &pk, &body).await,
         ("GET", None) => read_index(ctx, &bucket_id, &query).await,
         ("POST", None) if query.contains_key("search") => read_batch(ctx, &bucket_id, &body).await,
         ("SEARCH", None) => read_batch(ctx, &bucket_id, &body).await,
@@ -353,24 +413,28 @@ async fn handle_inner<T: Transport>(ctx: &Ctx<'_, T>, req: Request) -> Result<Re
             delete_batch(ctx, &bucket_id, &body).await
         }
         ("POST", None) => insert_batch(ctx, &bucket_id, &body).await,
-        (m, _) => Err(ctx.custom(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            format!("{m} is not a K2V operation on this path"),
-        )),
+        // As Garage answers them: a request that names no K2V operation is a bad request
+        // (a PUT without a partition key, a POST on a partition key without poll_range).
+        (m, pk) => Err(bad(format!(
+            "{m} {} is not a K2V operation",
+            if pk.is_some() {
+                "/<bucket>/<partition key>"
+            } else {
+                "/<bucket>"
+            }
+        ))),
     }
 }
 
-/// A request's query parameters, decoded, and borrowed from the request unless an escape had
-/// to be decoded. A handful at most: a list searched in order costs less than building a hash
-/// map for every request. A repeated name keeps its last value.
+/// A request's query parameters, decoded as HTML forms encode them (`+` is a space, as Garage
+/// reads them), and borrowed from the request unless an escape had to be decoded. A handful at
+/// most: a list searched in order costs less than building a hash map for every request.
 struct Query<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
 impl Query<'_> {
     fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
-            .rev()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_ref())
     }
@@ -380,17 +444,43 @@ impl Query<'_> {
     }
 }
 
-fn parse_query(raw: &str) -> Query<'_> {
-    Query(
-        raw.split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                let d = |s| percent_decode_str(s).decode_utf8_lossy();
-                (d(k), d(v))
-            })
-            .collect(),
-    )
+/// Parses a query string; a parameter given twice, or not UTF-8 once decoded, is refused: a
+/// signature covers the sorted pairs, so which of two values counts must not be a guess.
+fn parse_query(raw: &str) -> Result<Query<'_>, String> {
+    let mut pairs: Vec<(Cow<'_, str>, Cow<'_, str>)> = Vec::new();
+    for p in raw.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        let k = form_decode(k)?;
+        if pairs.iter().any(|(seen, _)| *seen == k) {
+            return Err(format!("query parameter {k} is given more than once"));
+        }
+        pairs.push((k, form_decode(v)?));
+    }
+    Ok(Query(pairs))
+}
+
+/// A query component decoded: `+` is a space, then percent escapes; UTF-8 or refused.
+fn form_decode(s: &str) -> Result<Cow<'_, str>, String> {
+    let not_utf8 = |_| "a query parameter is not UTF-8".to_string();
+    if s.contains('+') {
+        let spaced = s.replace('+', " ");
+        let decoded = percent_decode_str(&spaced)
+            .decode_utf8()
+            .map_err(not_utf8)?;
+        Ok(Cow::Owned(decoded.into_owned()))
+    } else {
+        percent_decode_str(s).decode_utf8().map_err(not_utf8)
+    }
+}
+
+/// A listing's `start` must lie within its `prefix`, as Garage requires (400 otherwise).
+fn check_start_in_prefix(prefix: Option<&str>, start: Option<&str>) -> Result<(), String> {
+    match (prefix, start) {
+        (Some(p), Some(s)) if !s.starts_with(p) => {
+            Err(format!("start {s:?} does not begin with prefix {p:?}"))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn required<'q>(q: &'q Query<'_>, name: &str) -> Result<&'q str, String> {
@@ -479,13 +569,15 @@ fn item_response<T: Transport>(
                 .to_ascii_lowercase()
         })
         .collect();
+    // `*/*` accepts both (curl's default): a single value comes back as its raw bytes, as
+    // Garage answers.
     let any = accept.iter().any(|a| a == "*/*");
     let (json_ok, raw_ok) = if accept.is_empty() {
         (true, false)
     } else {
         (
             any || accept.iter().any(|a| a == "application/json"),
-            accept.iter().any(|a| a == "application/octet-stream"),
+            any || accept.iter().any(|a| a == "application/octet-stream"),
         )
     };
     let token = HeaderValue::from_str(&item.dvvs.context().encode()).expect("base64 is ASCII");
@@ -526,7 +618,6 @@ fn item_response<T: Transport>(
 #[derive(Deserialize, Serialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Search {
-    #[serde(default)]
     partition_key: String,
     prefix: Option<String>,
     start: Option<String>,
@@ -571,6 +662,15 @@ async fn read_batch<T: Transport>(
     body: &Bytes,
 ) -> Result<Response, Failure> {
     let searches: Vec<Search> = parse_json(ctx, body)?;
+    for s in &searches {
+        if s.single_item
+            && (s.prefix.is_some() || s.end.is_some() || s.limit.is_some() || s.reverse)
+        {
+            return Err(ctx.fail(ApiError::BadRequest(
+                "prefix, end, limit and reverse must not be set with singleItem".into(),
+            )));
+        }
+    }
     let mut out = Vec::with_capacity(searches.len());
     for s in searches {
         let (items, next_start) = run_search(ctx, bucket_id, &s).await?;
@@ -615,15 +715,19 @@ async fn run_search<T: Transport>(
         });
         return Ok((keep.into_iter().collect(), None));
     }
+    check_start_in_prefix(s.prefix.as_deref(), s.start.as_deref())
+        .map_err(|e| ctx.fail(ApiError::BadRequest(e)))?;
     let range = SortRange {
         prefix: s.prefix.clone(),
         start: s.start.clone(),
         end: s.end.clone(),
         reverse: s.reverse,
     };
+    // No limit: every item in the range, as Garage returns them (read in pages of the
+    // cluster's range reads).
     let limit = s
         .limit
-        .map_or(DEFAULT_LIMIT, |l| (l as usize).min(DEFAULT_LIMIT));
+        .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
     let page = ctx
         .api
         .list(bucket_id, &s.partition_key, &range, limit, |i| {
@@ -666,26 +770,11 @@ async fn insert_batch<T: Transport>(
         };
         writes.push((i.pk, i.sk, context, value));
     }
-    let mut set = tokio::task::JoinSet::new();
-    for (pk, sk, context, value) in writes {
-        let (api, bucket_id) = (ctx.api.clone(), bucket_id.to_string());
-        set.spawn(async move {
-            api.insert(&bucket_id, &pk, &sk, context.as_ref(), value)
-                .await
-        });
-    }
-    let mut failure = None;
-    while let Some(r) = set.join_next().await {
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failure = Some(e),
-            Err(e) => failure = Some(ApiError::Internal(e.to_string())),
-        }
-    }
-    match failure {
-        Some(e) => Err(ctx.fail(e)),
-        None => Ok(StatusCode::NO_CONTENT.into_response()),
-    }
+    ctx.api
+        .insert_batch(bucket_id, writes)
+        .await
+        .map_err(|e| ctx.fail(e))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn delete_batch<T: Transport>(
@@ -694,6 +783,15 @@ async fn delete_batch<T: Transport>(
     body: &Bytes,
 ) -> Result<Response, Failure> {
     let searches: Vec<Search> = parse_json(ctx, body)?;
+    for s in &searches {
+        if s.single_item && (s.prefix.is_some() || s.end.is_some()) {
+            return Err(ctx.fail(ApiError::BadRequest(
+                "prefix and end must not be set with singleItem".into(),
+            )));
+        }
+        check_start_in_prefix(s.prefix.as_deref(), s.start.as_deref())
+            .map_err(|e| ctx.fail(ApiError::BadRequest(e)))?;
+    }
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Deleted {
@@ -714,7 +812,7 @@ async fn delete_batch<T: Transport>(
                 prefix: s.prefix.clone(),
                 start: s.start.clone(),
                 end: s.end.clone(),
-                limit: Some(DEFAULT_LIMIT as u64),
+                limit: (!s.single_item).then_some(DEFAULT_LIMIT as u64),
                 single_item: s.single_item,
                 ..Search::default()
             };
@@ -765,13 +863,16 @@ async fn read_index<T: Transport>(
         Some("true") => true,
         Some(other) => return Err(ctx.fail(ApiError::BadRequest(format!("reverse {other}")))),
     };
+    check_start_in_prefix(query.get("prefix"), query.get("start"))
+        .map_err(|e| ctx.fail(ApiError::BadRequest(e)))?;
     let q = IndexQuery {
         bucket: bucket_id.to_string(),
         prefix: query.get("prefix").map(str::to_string),
         start: query.get("start").map(str::to_string),
         end: query.get("end").map(str::to_string),
         reverse,
-        limit: limit.unwrap_or(DEFAULT_LIMIT).min(DEFAULT_LIMIT),
+        // No limit: every partition key, as Garage lists them.
+        limit: limit.unwrap_or(usize::MAX),
     };
     let page = ctx
         .api

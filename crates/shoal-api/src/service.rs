@@ -35,6 +35,14 @@ pub struct ApiConfig {
     pub region: String,
     /// Request bodies above this are refused (413) before being read.
     pub max_body_bytes: usize,
+    /// Requests (other than long polls) this node serves at once; more are answered 503 with
+    /// `Retry-After` at once.
+    pub max_requests_in_flight: usize,
+    /// Items this node's K2V writes may have in flight at once. A write waits for room (its
+    /// client is slowed: backpressure) up to `write_admission_wait`, then is answered 503.
+    pub max_writes_in_flight: usize,
+    /// How long a write waits for room before it is refused.
+    pub write_admission_wait: Duration,
 }
 
 impl Default for ApiConfig {
@@ -42,6 +50,9 @@ impl Default for ApiConfig {
         ApiConfig {
             region: "shoal".into(),
             max_body_bytes: 8 << 20,
+            max_requests_in_flight: 4096,
+            max_writes_in_flight: 16_384,
+            write_admission_wait: Duration::from_secs(10),
         }
     }
 }
@@ -64,14 +75,25 @@ pub enum ApiError {
     /// The name is taken (409).
     #[error("{0} already exists")]
     AlreadyExists(String),
-    /// Quorum not reached, storage failure (500): a write may still have reached some nodes.
+    /// Too few replicas answered, or this node has more work in flight than it accepts (503,
+    /// with `Retry-After`): try again later. A write refused this way may still have reached
+    /// some replicas (anti-entropy spreads it), as the specification warns.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A storage failure or a bug (500).
     #[error("{0}")]
     Internal(String),
 }
 
 impl From<QuorumError> for ApiError {
     fn from(e: QuorumError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            // Replicas that do not answer come back, or are replaced: a matter of time.
+            QuorumError::Write { .. } | QuorumError::Read { .. } | QuorumError::NoLayout(_) => {
+                ApiError::Unavailable(e.to_string())
+            }
+            QuorumError::Decode(_) => ApiError::Internal(e.to_string()),
+        }
     }
 }
 
@@ -90,6 +112,10 @@ struct Inner<T: Transport> {
     changes: watch::Receiver<u64>,
     config: ApiConfig,
     metrics: crate::metrics::ApiMetrics,
+    /// Room for requests in flight (see [`ApiConfig::max_requests_in_flight`]).
+    requests: Arc<tokio::sync::Semaphore>,
+    /// Room for written items in flight (see [`ApiConfig::max_writes_in_flight`]).
+    writes: Arc<tokio::sync::Semaphore>,
 }
 
 /// The API of one node. Cheap to clone.
@@ -211,6 +237,12 @@ impl<T: Transport> Api<T> {
                 writer,
                 clock: AtomicU64::new(crate::now_micros()),
                 changes,
+                requests: Arc::new(tokio::sync::Semaphore::new(
+                    config.max_requests_in_flight.max(1),
+                )),
+                writes: Arc::new(tokio::sync::Semaphore::new(
+                    config.max_writes_in_flight.max(1),
+                )),
                 config,
                 metrics: crate::metrics::ApiMetrics::default(),
             }),
@@ -274,6 +306,30 @@ impl<T: Transport> Api<T> {
         t
     }
 
+    /// Room for one more request, if this node has any (see
+    /// [`ApiConfig::max_requests_in_flight`]); held until the request is answered.
+    pub fn admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.inner.requests.clone().try_acquire_owned().ok()
+    }
+
+    /// Room for `items` written items, waiting for it up to
+    /// [`ApiConfig::write_admission_wait`]: the backpressure that keeps a node taking more
+    /// writes than it commits from queueing without bound (and its heartbeats behind them).
+    pub async fn write_room(
+        &self,
+        items: usize,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let n = items.clamp(1, self.inner.config.max_writes_in_flight.max(1)) as u32;
+        let acquire = self.inner.writes.clone().acquire_many_owned(n);
+        match tokio::time::timeout(self.inner.config.write_admission_wait, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ApiError::Unavailable(format!(
+                "this node has {} items of writes in flight; retry later",
+                self.inner.config.max_writes_in_flight
+            ))),
+        }
+    }
+
     // ---- K2V items ----------------------------------------------------------------------
 
     /// Writes `value` (a deletion if `DvvsValue::Deleted`) superseding what `context` saw.
@@ -294,7 +350,33 @@ impl<T: Transport> Api<T> {
             sk: sk.into(),
             dvvs: Dvvs::write(self.inner.writer, time, context, value),
         };
+        let _room = self.write_room(1).await?;
         Ok(self.inner.items.insert(&item).await?)
+    }
+
+    /// Writes each `(partition key, sort key, causality token, value)` as [`Api::insert`]
+    /// does, the items of a ring partition in one message per replica (InsertBatch).
+    pub async fn insert_batch(
+        &self,
+        bucket_id: &str,
+        writes: Vec<(String, String, Option<CausalContext>, DvvsValue)>,
+    ) -> Result<(), ApiError> {
+        let _room = self.write_room(writes.len()).await?;
+        let items: Vec<K2vItem> = writes
+            .into_iter()
+            .map(|(pk, sk, context, value)| {
+                let time = self.next_time(context.as_ref());
+                K2vItem {
+                    partition: K2vPartition {
+                        bucket: bucket_id.into(),
+                        pk,
+                    },
+                    sk,
+                    dvvs: Dvvs::write(self.inner.writer, time, context.as_ref(), value),
+                }
+            })
+            .collect();
+        Ok(self.inner.items.insert_many(&items).await?)
     }
 
     /// Reads an item through a read quorum.

@@ -211,9 +211,9 @@ pub fn verify(
 
     // The canonical request and the string to sign are streamed into their hashes: a request
     // is verified without building either.
-    let matches = |uri: &str| {
+    let matches_with = |uri: &str, query: &str| {
         let mut canonical = Sha256::new();
-        for part in [req.method, "\n", uri, "\n", &query, "\n", &headers, "\n"] {
+        for part in [req.method, "\n", uri, "\n", query, "\n", &headers, "\n"] {
             canonical.update(part.as_bytes());
         }
         for (i, name) in auth.signed_headers.iter().enumerate() {
@@ -245,18 +245,88 @@ pub fn verify(
         // Constant-time comparison.
         mac.verify_slice(&signature).is_ok()
     };
-    // The path encoded once (S3 style) or twice (the other AWS services' style): the second
-    // is tried only when it differs and the first did not match.
-    let decoded_path = percent_decode_str(req.raw_path).decode_utf8_lossy();
-    let single = utf8_percent_encode(&decoded_path, UNRESERVED_PATH).to_string();
-    if matches(&single) {
-        return Ok(());
-    }
-    let double = utf8_percent_encode(&single, UNRESERVED_PATH).to_string();
-    if double != single && matches(&double) {
-        return Ok(());
+    // The common case first: a path and query of unreserved characters only, which every
+    // signer canonicalises the same way, are checked once. Otherwise each way real signers
+    // canonicalise a percent-encoded path and query is tried (see `canonical_forms`).
+    let (paths, queries) = canonical_forms(req.raw_path, req.raw_query, &query);
+    for uri in &paths {
+        for q in &queries {
+            if matches_with(uri, q) {
+                return Ok(());
+            }
+        }
     }
     Err(AuthError::BadSignature)
+}
+
+/// The canonical URIs and query strings that real signers derive from a request's raw path and
+/// query, each listed once, the AWS rule first. They differ only for characters outside
+/// SigV4's unreserved set:
+///
+/// - paths: S3's rule (the decoded path encoded once; `k2v-client`, AWS's S3 signers), the
+///   other AWS services' rule (that encoded again), the path exactly as sent (curl
+///   `--aws-sigv4`, Garage's verifier), and the path as sent encoded once more (botocore's
+///   `SigV4Auth` given an encoded URL);
+/// - queries: AWS's rule (pairs decoded, strictly re-encoded, sorted), the same with `+` read
+///   as a space (Garage's verifier, HTML forms), the query exactly as sent (curl 7, which
+///   neither sorts nor re-encodes), and its pairs sorted as sent (botocore).
+///
+/// Every form is a function of the bytes received, and none maps two requests of different
+/// meaning to the same string: a signature still binds the method, path, query, signed headers
+/// and body it was made for.
+fn canonical_forms<'a>(
+    raw_path: &'a str,
+    raw_query: &'a str,
+    aws_query: &Cow<'a, str>,
+) -> (Vec<Cow<'a, str>>, Vec<Cow<'a, str>>) {
+    fn push<'a>(v: &mut Vec<Cow<'a, str>>, c: Cow<'a, str>) {
+        if !v.contains(&c) {
+            v.push(c);
+        }
+    }
+    let decoded_path = percent_decode_str(raw_path).decode_utf8_lossy();
+    let single: Cow<'a, str> =
+        Cow::Owned(utf8_percent_encode(&decoded_path, UNRESERVED_PATH).to_string());
+    let mut paths = Vec::with_capacity(4);
+    if single == raw_path && !raw_path.contains('%') {
+        // Nothing escaped or to escape: the one form every signer computes.
+        paths.push(Cow::Borrowed(raw_path));
+    } else {
+        let double = utf8_percent_encode(&single, UNRESERVED_PATH).to_string();
+        let sent_encoded = utf8_percent_encode(raw_path, UNRESERVED_PATH).to_string();
+        push(&mut paths, single);
+        push(&mut paths, Cow::Owned(double));
+        push(&mut paths, Cow::Borrowed(raw_path));
+        push(&mut paths, Cow::Owned(sent_encoded));
+    }
+    let mut queries = vec![aws_query.clone()];
+    if *aws_query != raw_query {
+        push(&mut queries, Cow::Owned(canonical_query_form(raw_query)));
+        push(&mut queries, Cow::Borrowed(raw_query));
+        push(&mut queries, Cow::Owned(sorted_as_sent(raw_query)));
+    }
+    (paths, queries)
+}
+
+/// The query's pairs sorted by name and value as sent, each with its `=` (botocore signing a
+/// URL's query).
+fn sorted_as_sent(raw: &str) -> String {
+    let mut pairs: Vec<(&str, &str)> = raw
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(split_pair)
+        .collect();
+    pairs.sort();
+    pairs
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// [`canonical_query`] with `+` read as a space, as HTML forms encode one.
+fn canonical_query_form(raw: &str) -> String {
+    canonical_query_rebuilt(&raw.replace('+', "%20"))
 }
 
 /// Signs a request the way a client does (tests and Shoal's own tools).

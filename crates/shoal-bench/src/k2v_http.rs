@@ -143,6 +143,24 @@ impl K2vHttp {
         Ok(())
     }
 
+    /// InsertBatch as [`K2vHttp::insert_batch`], returning the status whatever it is.
+    pub async fn insert_batch_status(
+        &self,
+        slot: usize,
+        items: &[(String, String, Vec<u8>)],
+    ) -> anyhow::Result<u16> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let body: Vec<serde_json::Value> = items
+            .iter()
+            .map(|(pk, sk, v)| serde_json::json!({"pk": pk, "sk": sk, "ct": null, "v": b64.encode(v)}))
+            .collect();
+        let r = self
+            .call(slot, "POST", None, &serde_json::to_vec(&body)?)
+            .await?;
+        Ok(r.status)
+    }
+
     /// ReadItem as raw bytes: `None` when the item does not exist.
     pub async fn read(&self, slot: usize, pk: &str, sk: &str) -> anyhow::Result<Option<Vec<u8>>> {
         let r = self.call(slot, "GET", Some((pk, sk)), &[]).await?;

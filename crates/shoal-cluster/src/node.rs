@@ -575,8 +575,9 @@ impl<T: Transport> Handler for NodeHandler<T> {
     }
 
     fn answers_at_once(&self, endpoint: &str) -> bool {
-        // One B-tree lookup in cached pages. Writes wait for a commit, syncs read partitions.
-        endpoint == "table.read"
+        // One B-tree lookup in cached pages, or a heartbeat (in-memory state only). Writes
+        // wait for a commit, syncs read partitions.
+        endpoint == "table.read" || endpoint == "ping"
     }
 }
 
@@ -1401,11 +1402,17 @@ impl<T: Transport> Node<T> {
             }
         }
         let timeout = self.state.config.heartbeat.max(Duration::from_millis(200));
-        for p in self.peers() {
-            let r = self
-                .net()
-                .call_with_timeout(p.id, "ping", encode(&self.public_addr()), timeout)
-                .await;
+        // Every peer at once, on the connections' priority lanes: one slow peer does not delay
+        // the others' heartbeats, and data queued on a connection does not delay its ping.
+        let peers = self.peers();
+        let ping = encode(&self.public_addr());
+        let answers = futures::future::join_all(
+            peers
+                .iter()
+                .map(|p| self.net().call_urgent(p.id, "ping", ping.clone(), timeout)),
+        )
+        .await;
+        for (p, r) in peers.into_iter().zip(answers) {
             match r
                 .map_err(|e| e.to_string())
                 .and_then(|b| decode::<PingReply>(&b))
@@ -1436,8 +1443,18 @@ impl<T: Transport> Node<T> {
                     }
                 }
                 Err(e) => {
-                    debug!(peer = ?p.id, error = %e, "heartbeat missed");
-                    self.record(p.id, p.addr.clone(), false);
+                    // A peer whose other messages keep arriving is alive, only busy: its late
+                    // answer is not a missed heartbeat.
+                    let heard_lately = self
+                        .net()
+                        .silent_for(p.id)
+                        .is_some_and(|silence| silence < timeout);
+                    if heard_lately {
+                        debug!(peer = ?p.id, error = %e, "heartbeat late from a peer still heard from");
+                    } else {
+                        debug!(peer = ?p.id, error = %e, "heartbeat missed");
+                        self.record(p.id, p.addr.clone(), false);
+                    }
                 }
             }
         }

@@ -69,6 +69,36 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
             .encode()
             .map_err(|e| QuorumError::Decode(e.to_string()))?;
         let key = Table::<S>::key_of(entry);
+        self.write_partition(key[0], vec![bytes]).await
+    }
+
+    /// Merges `entries` as [`Replicated::insert`] does each, but one message per replica and
+    /// partition: the entries of a partition travel together and are committed together on
+    /// each replica (one group commit instead of one per entry). Partitions are written
+    /// concurrently; the first failure is returned, and the others still complete.
+    pub async fn insert_many(&self, entries: &[S::Entry]) -> Result<(), QuorumError> {
+        let mut by_partition: std::collections::BTreeMap<u8, Vec<Vec<u8>>> = Default::default();
+        for entry in entries {
+            let bytes = entry
+                .encode()
+                .map_err(|e| QuorumError::Decode(e.to_string()))?;
+            by_partition
+                .entry(Table::<S>::key_of(entry)[0])
+                .or_default()
+                .push(bytes);
+        }
+        let writes = by_partition
+            .into_iter()
+            .map(|(p, items)| self.write_partition(p, items));
+        futures::future::join_all(writes)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// Writes encoded items, all of `partition`, at quorum.
+    async fn write_partition(&self, partition: u8, items: Vec<Vec<u8>>) -> Result<(), QuorumError> {
+        let key = [partition];
         // Until it returns, this write holds back this node's acknowledgement of any newer
         // layout version (see `LayoutHistory`).
         let _in_flight = self.node.begin_write();
@@ -81,9 +111,9 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
         nodes.dedup();
         let (tx, mut rx) = mpsc::channel(nodes.len());
         for n in &nodes {
-            let (node, tx, n, bytes) = (self.node.clone(), tx.clone(), *n, bytes.clone());
+            let (node, tx, n, items) = (self.node.clone(), tx.clone(), *n, items.clone());
             tokio::spawn(async move {
-                let r = node.write_to(n, S::TABLE_NAME, vec![bytes]).await;
+                let r = node.write_to(n, S::TABLE_NAME, items).await;
                 let _ = tx.send((n, r)).await;
             });
         }

@@ -26,6 +26,11 @@ const RPC_VERSION: u8 = 1;
 /// Bytes of queued messages a connection's writer seals before one flush.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
+/// A timed-out call drops its connection only if nothing at all arrived on it for this long
+/// (or the call's timeout, if longer): a peer too busy to answer one call within a heartbeat
+/// still sends other replies, and its connection carries writes that must not fail with it.
+const MIN_SILENCE_TO_DROP: Duration = Duration::from_secs(5);
+
 /// Calls and requests in flight on a connection from which its writer, finding nothing more
 /// queued, lets the ready tasks run before sealing (see the writer).
 const BUSY_IN_FLIGHT: usize = 2;
@@ -244,6 +249,10 @@ struct Conn {
     permits: Arc<Semaphore>,
     max_requests: usize,
     tx: mpsc::Sender<Vec<u8>>,
+    /// The priority lane: heartbeats and instant answers, sent before anything queued on `tx`
+    /// (a busy connection's data never delays a heartbeat by more than one batch). Unbounded:
+    /// only small control messages, at most one per request the peer is waiting on, use it.
+    urgent: mpsc::UnboundedSender<Vec<u8>>,
     pending: Mutex<BTreeMap<u64, Reply>>,
     next_id: AtomicU64,
     alive: AtomicBool,
@@ -514,12 +523,56 @@ impl<T: Transport> Network<T> {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, RpcError> {
+        self.call_on_lane(peer, endpoint, body, timeout, false)
+            .await
+    }
+
+    /// [`Network::call_with_timeout`] on the connection's priority lane: sent before any data
+    /// queued on it (heartbeats). The peer must answer the endpoint at once
+    /// ([`Handler::answers_at_once`]) for the reply to take its priority lane too.
+    pub async fn call_urgent(
+        &self,
+        peer: NodeId,
+        endpoint: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RpcError> {
+        self.call_on_lane(peer, endpoint, body, timeout, true).await
+    }
+
+    /// How long nothing has arrived from `peer` on its connection (`None`: no connection). A
+    /// peer whose replies and requests keep arriving is alive, however late one answer is.
+    pub fn silent_for(&self, peer: NodeId) -> Option<Duration> {
+        let conn = self
+            .inner
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .cloned()?;
+        conn.alive.load(Ordering::SeqCst).then(|| {
+            conn.last_heard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed()
+        })
+    }
+
+    async fn call_on_lane(
+        &self,
+        peer: NodeId,
+        endpoint: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+        urgent: bool,
+    ) -> Result<Vec<u8>, RpcError> {
         let started = std::time::Instant::now();
-        let fut = self.call_inner(peer, endpoint, body);
+        let fut = self.call_inner(peer, endpoint, body, urgent);
         let result = match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
             Err(_) => {
-                self.drop_if_silent(peer, timeout);
+                // Silence shorter than this is a busy peer, not a dead connection.
+                self.drop_if_silent(peer, timeout.max(MIN_SILENCE_TO_DROP));
                 Err(RpcError::Timeout {
                     peer,
                     endpoint: endpoint.to_string(),
@@ -571,6 +624,7 @@ impl<T: Transport> Network<T> {
         peer: NodeId,
         endpoint: &str,
         body: Vec<u8>,
+        urgent: bool,
     ) -> Result<Vec<u8>, RpcError> {
         let conn = self.connection(peer).await?;
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
@@ -606,10 +660,16 @@ impl<T: Transport> Network<T> {
         if !conn.alive.load(Ordering::SeqCst) {
             return Err(RpcError::ConnectionLost(peer));
         }
-        conn.tx
-            .send(msg)
-            .await
-            .map_err(|_| RpcError::ConnectionLost(peer))?;
+        if urgent {
+            conn.urgent
+                .send(msg)
+                .map_err(|_| RpcError::ConnectionLost(peer))?;
+        } else {
+            conn.tx
+                .send(msg)
+                .await
+                .map_err(|_| RpcError::ConnectionLost(peer))?;
+        }
         match reply_rx.await {
             Ok(r) => r,
             Err(_) => Err(RpcError::ConnectionLost(peer)),
@@ -709,6 +769,7 @@ impl<T: Transport> Network<T> {
     {
         let i = &self.inner;
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(i.config.send_queue);
+        let (urgent, mut urgent_rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let permits = Arc::new(Semaphore::new(i.config.max_concurrent_requests));
         let conn = Arc::new(Conn {
             serial: i.serial.fetch_add(1, Ordering::Relaxed),
@@ -717,6 +778,7 @@ impl<T: Transport> Network<T> {
             permits: permits.clone(),
             max_requests: i.config.max_concurrent_requests,
             tx,
+            urgent,
             pending: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             alive: AtomicBool::new(true),
@@ -767,11 +829,20 @@ impl<T: Transport> Network<T> {
         let writer = tokio::spawn(async move {
             let mut sealer = Sealer::default();
             let mut frames = Vec::new();
-            while let Some(msg) = rx.recv().await {
+            loop {
+                let msg = tokio::select! {
+                    biased;
+                    Some(m) = urgent_rx.recv() => m,
+                    Some(m) = rx.recv() => m,
+                    else => break,
+                };
                 // Everything already queued is sealed together and goes out in one flush (one
                 // encryption and one write under load, not one per message), up to a bound so
-                // a busy connection still flushes often.
+                // a busy connection still flushes often. Urgent messages go first.
                 sealer.queue(&msg);
+                while let Ok(m) = urgent_rx.try_recv() {
+                    sealer.queue(&m);
+                }
                 let mut requeued = false;
                 while sealer.queued() < WRITE_BATCH_BYTES {
                     match rx.try_recv() {
@@ -839,11 +910,7 @@ impl<T: Transport> Network<T> {
                             }
                         }
                         Ok(Envelope::Request { id, endpoint, body }) => {
-                            let Ok(permit) = permits.clone().acquire_owned().await else {
-                                break;
-                            };
                             let metrics = net.inner.metrics.clone();
-                            let tx = reader_conn.tx.clone();
                             // A handler that panics (a bug) answers with an error instead
                             // of leaving its caller to time out, or taking this reader down.
                             let mut handling = std::panic::AssertUnwindSafe(
@@ -853,37 +920,31 @@ impl<T: Transport> Network<T> {
                             )
                             .catch_unwind()
                             .map(|r| r.unwrap_or_else(|panic| Err(handler_panicked(&*panic))));
-                            // A handler that needs no I/O (a point read) is done at its first
-                            // poll: answered here, it costs no task. Any other, or one that
-                            // waits after all, goes on in a task of its own, so this reader
-                            // moves on.
-                            let at_once = if net.inner.handler.answers_at_once(&endpoint) {
-                                (&mut handling).now_or_never()
-                            } else {
-                                None
-                            };
-                            match at_once {
-                                Some(result) => {
-                                    metrics.record_served(&endpoint, result.is_ok());
-                                    let reply = encode_response(id, &result);
-                                    if let Err(mpsc::error::TrySendError::Full(reply)) =
-                                        tx.try_send(reply)
-                                    {
-                                        tokio::spawn(async move {
-                                            let _ = tx.send(reply).await;
-                                            drop(permit);
-                                        });
-                                    }
-                                }
-                                None => {
-                                    tokio::spawn(async move {
-                                        let result = handling.await;
-                                        metrics.record_served(&endpoint, result.is_ok());
-                                        let _ = tx.send(encode_response(id, &result)).await;
-                                        drop(permit);
-                                    });
-                                }
+                            // A handler that needs no I/O (a heartbeat, a point read) is done
+                            // at its first poll: answered here, on the priority lane, with no
+                            // task and no request permit, so a connection busy with data work
+                            // still answers heartbeats at once.
+                            if net.inner.handler.answers_at_once(&endpoint)
+                                && let Some(result) = (&mut handling).now_or_never()
+                            {
+                                metrics.record_served(&endpoint, result.is_ok());
+                                let _ = reader_conn.urgent.send(encode_response(id, &result));
+                                continue;
                             }
+                            // Any other goes on in a task of its own, which waits for one of
+                            // the connection's request permits: the reader never waits, so
+                            // what follows (heartbeats, replies to this node's calls) is read
+                            // at once however busy the handlers are.
+                            let (tx, permits) = (reader_conn.tx.clone(), permits.clone());
+                            tokio::spawn(async move {
+                                let Ok(permit) = permits.acquire_owned().await else {
+                                    return;
+                                };
+                                let result = handling.await;
+                                metrics.record_served(&endpoint, result.is_ok());
+                                let _ = tx.send(encode_response(id, &result)).await;
+                                drop(permit);
+                            });
                         }
                         Err(e) => {
                             warn!(?peer, error = %e, "undecodable rpc message; dropping the connection");

@@ -60,6 +60,7 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
         shoal_api::ApiConfig {
             region: config.api_region.clone(),
             max_body_bytes: config.api_max_body_bytes,
+            ..shoal_api::ApiConfig::default()
         },
     )
     .await
