@@ -68,44 +68,64 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
         let bytes = entry
             .encode()
             .map_err(|e| QuorumError::Decode(e.to_string()))?;
-        let key = Table::<S>::key_of(entry);
-        self.write_partition(key[0], vec![bytes]).await
+        let partition = Table::<S>::key_of(entry)[0];
+        // Until it returns, this write holds back this node's acknowledgement of any newer
+        // layout version (see `LayoutHistory`).
+        let _in_flight = self.node.begin_write();
+        let sets = self.node.write_sets(S::TABLE_NAME, partition);
+        if sets.is_empty() {
+            return Err(QuorumError::NoLayout(partition));
+        }
+        self.write_group(sets, vec![partition], vec![bytes]).await
     }
 
-    /// Merges `entries` as [`Replicated::insert`] does each, but one message per replica and
-    /// partition: the entries of a partition travel together and are committed together on
-    /// each replica (one group commit instead of one per entry). Partitions are written
-    /// concurrently; the first failure is returned, and the others still complete.
+    /// Merges `entries` as [`Replicated::insert`] does each, but one message per replica for
+    /// all the entries that go to the same nodes (with three nodes and three replicas, all of
+    /// them): they travel together and are committed together on each replica, one group
+    /// commit instead of one per entry. Groups are written concurrently; the first failure is
+    /// returned, and the others still complete.
     pub async fn insert_many(&self, entries: &[S::Entry]) -> Result<(), QuorumError> {
-        let mut by_partition: std::collections::BTreeMap<u8, Vec<Vec<u8>>> = Default::default();
+        type Group = (Vec<u8>, Vec<Vec<u8>>);
+        let _in_flight = self.node.begin_write();
+        let mut sets_of: std::collections::HashMap<u8, Vec<Vec<shoal_net::NodeId>>> =
+            Default::default();
+        let mut groups: std::collections::BTreeMap<Vec<Vec<shoal_net::NodeId>>, Group> =
+            Default::default();
         for entry in entries {
             let bytes = entry
                 .encode()
                 .map_err(|e| QuorumError::Decode(e.to_string()))?;
-            by_partition
-                .entry(Table::<S>::key_of(entry)[0])
-                .or_default()
-                .push(bytes);
+            let partition = Table::<S>::key_of(entry)[0];
+            let sets = sets_of
+                .entry(partition)
+                .or_insert_with(|| self.node.write_sets(S::TABLE_NAME, partition));
+            if sets.is_empty() {
+                return Err(QuorumError::NoLayout(partition));
+            }
+            let (partitions, items) = groups.entry(sets.clone()).or_default();
+            if !partitions.contains(&partition) {
+                partitions.push(partition);
+            }
+            items.push(bytes);
         }
-        let writes = by_partition
+        let writes = groups
             .into_iter()
-            .map(|(p, items)| self.write_partition(p, items));
+            .map(|(sets, (partitions, items))| self.write_group(sets, partitions, items));
         futures::future::join_all(writes)
             .await
             .into_iter()
             .collect()
     }
 
-    /// Writes encoded items, all of `partition`, at quorum.
-    async fn write_partition(&self, partition: u8, items: Vec<Vec<u8>>) -> Result<(), QuorumError> {
-        let key = [partition];
-        // Until it returns, this write holds back this node's acknowledgement of any newer
-        // layout version (see `LayoutHistory`).
-        let _in_flight = self.node.begin_write();
-        let sets = self.node.write_sets(S::TABLE_NAME, key[0]);
-        if sets.is_empty() {
-            return Err(QuorumError::NoLayout(key[0]));
-        }
+    /// Writes encoded items, of `partitions`, to the union of `sets` (one per live layout
+    /// version), and waits for a write quorum in each set. The caller holds a
+    /// [`crate::node::WriteInFlight`] taken before it computed the sets.
+    async fn write_group(
+        &self,
+        sets: Vec<Vec<shoal_net::NodeId>>,
+        partitions: Vec<u8>,
+        items: Vec<Vec<u8>>,
+    ) -> Result<(), QuorumError> {
         let mut nodes: Vec<shoal_net::NodeId> = sets.iter().flatten().copied().collect();
         nodes.sort();
         nodes.dedup();
@@ -165,7 +185,6 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
         // so that the sync finds the item on every replica that took it.
         if !failed.is_empty() || acked.len() + failed.len() < nodes.len() {
             let node = self.node.clone();
-            let partition = key[0];
             tokio::spawn(async move {
                 while let Some((n, r)) = rx.recv().await {
                     if r.is_err() {
@@ -173,7 +192,9 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
                     }
                 }
                 for n in failed {
-                    node.missed_write(S::TABLE_NAME, partition, n);
+                    for &partition in &partitions {
+                        node.missed_write(S::TABLE_NAME, partition, n);
+                    }
                 }
             });
         }

@@ -269,6 +269,20 @@ async fn quorum_writes_reads_repairs_and_refuses_without_quorum() {
         .await;
     }
 
+    // A batch through A, in one message per replica: every entry reads back through B.
+    let batch: Vec<Kv> = (0..50)
+        .map(|i| Kv {
+            pk: format!("batch{i}"),
+            sk: "s".into(),
+            v: Lww::new(Stamp::new(1, NodeId([1; 32])), format!("b{i}")),
+        })
+        .collect();
+    via_a.insert_many(&batch).await.unwrap();
+    for e in &batch {
+        let got = via_b.get(&e.pk, &e.sk).await.unwrap().unwrap();
+        assert_eq!(got.v.get(), e.v.get());
+    }
+
     // One node down: writes still reach a quorum. Two down: refused, clearly.
     c.node.shutdown();
     via_a.insert(&kv(3, "three")).await.unwrap();
@@ -276,6 +290,11 @@ async fn quorum_writes_reads_repairs_and_refuses_without_quorum() {
     let err = via_a.insert(&kv(4, "four")).await.unwrap_err();
     // Two refusals make the quorum impossible: the call fails at once, whether or not the
     // local write has finished.
+    assert!(
+        matches!(err, QuorumError::Write { acks, needed: 2, .. } if acks < 2),
+        "{err}"
+    );
+    let err = via_a.insert_many(&batch).await.unwrap_err();
     assert!(
         matches!(err, QuorumError::Write { acks, needed: 2, .. } if acks < 2),
         "{err}"
