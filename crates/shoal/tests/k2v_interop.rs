@@ -1,7 +1,8 @@
 //! Garage's own K2V client (`k2v-client`, from crates.io) drives a 3-node Shoal cluster started
 //! by `shoal dev`, with the credentials `shoal dev` wrote to `k2v.env`: every operation the
 //! client offers, siblings from concurrent writes, a causal overwrite, a delete, batches, polls,
-//! and a wrongly signed request that is refused and writes nothing.
+//! a wrongly signed request that is refused and writes nothing, and keys that need escaping
+//! (slashes, spaces, `+ & = ? # %`, non-ASCII) in every operation.
 
 mod common;
 
@@ -311,6 +312,55 @@ fn garage_k2v_client_against_a_three_node_cluster() {
             c.read_item("forged", "x").await,
             Err(k2v_client::Error::NotFound)
         ));
+
+        // Keys that need escaping, in paths, queries and JSON alike: written one by one and
+        // in a batch, read one by one, in a batch and from the index.
+        let hard = [
+            "user/42",
+            "profile v1",
+            "a+b",
+            "a&b=c?d#e%f",
+            "%2F",
+            "é",
+            "日本",
+            "🦀/x y",
+            "trailing/",
+        ];
+        for (i, k) in hard.iter().enumerate() {
+            let pk = format!("hard:{k}");
+            c.insert_item(&pk, k, format!("one {i}").into_bytes(), None)
+                .await
+                .unwrap_or_else(|e| panic!("InsertItem {k:?}: {e:?}"));
+            let r = c
+                .read_item(&pk, k)
+                .await
+                .unwrap_or_else(|e| panic!("ReadItem {k:?}: {e:?}"));
+            assert_eq!(r.value, vec![value(format!("one {i}").as_bytes())], "{k:?}");
+        }
+        let ops: Vec<BatchInsertOp> = hard
+            .iter()
+            .map(|k| BatchInsertOp {
+                partition_key: "hard:batch",
+                sort_key: k,
+                causality: None,
+                value: value(k.as_bytes()),
+            })
+            .collect();
+        c.insert_batch(&ops).await.unwrap();
+        let res = c
+            .read_batch(&[BatchReadOp {
+                partition_key: "hard:batch",
+                ..BatchReadOp::default()
+            }])
+            .await
+            .unwrap();
+        let mut sorted: Vec<&str> = hard.to_vec();
+        sorted.sort();
+        let got: Vec<&str> = res[0].items.keys().map(String::as_str).collect();
+        assert_eq!(got, sorted);
+        for k in hard {
+            assert_eq!(res[0].items[k].value, vec![value(k.as_bytes())]);
+        }
     });
     stop(dev);
 }
