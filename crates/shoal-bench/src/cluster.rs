@@ -871,17 +871,20 @@ fn byte_counter(addrs: &[(String, u16)]) -> anyhow::Result<Chain> {
 }
 
 /// A three-node Garage cluster on 127.0.0.1.
-struct Garage {
+pub(crate) struct Garage {
     bin: PathBuf,
     dir: PathBuf,
     configs: Vec<PathBuf>,
     children: Vec<Option<Child>>,
-    key_id: String,
-    secret: String,
+    /// The access key allowed on bucket `bench`.
+    pub(crate) key_id: String,
+    /// Its secret.
+    pub(crate) secret: String,
 }
 
 impl Garage {
-    fn start(dir: &Path, fsync: bool) -> anyhow::Result<Self> {
+    /// Starts three nodes (with `metadata_fsync` as given), a layout, bucket `bench` and a key.
+    pub(crate) fn start(dir: &Path, fsync: bool) -> anyhow::Result<Self> {
         let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/.peers/bin/garage");
         if !bin.exists() {
             bail!("{} is missing: run bench/prepare-peers.sh", bin.display());
@@ -978,7 +981,8 @@ impl Garage {
         Ok(g)
     }
 
-    fn endpoints(&self) -> Vec<String> {
+    /// Each node's K2V endpoint, `http://host:port`.
+    pub(crate) fn endpoints(&self) -> Vec<String> {
         (0..3)
             .map(|k| format!("http://127.0.0.1:{}", 26901 + 10 * k + 2))
             .collect()
@@ -1055,7 +1059,8 @@ impl Garage {
             .context("garage metrics without table_size for k2v_item")
     }
 
-    fn stop(&mut self) {
+    /// Kills every node.
+    pub(crate) fn stop(&mut self) {
         for c in self.children.iter_mut().filter_map(Option::take) {
             let mut c = c;
             let _ = c.kill();
@@ -1192,7 +1197,8 @@ impl Etcd {
         }
     }
 
-    fn endpoints(&self) -> Vec<String> {
+    /// Each node's K2V endpoint, `http://host:port`.
+    pub(crate) fn endpoints(&self) -> Vec<String> {
         (0..3)
             .map(|k| format!("http://127.0.0.1:{}", 27901 + 10 * k))
             .collect()

@@ -3,6 +3,7 @@
 
 mod campaign;
 mod cluster;
+mod conformance;
 mod insert;
 mod k2v_http;
 mod load;
@@ -38,6 +39,9 @@ enum Command {
     /// More writes than a node commits, through one node of three (InsertBatch of 1,000
     /// items from 4, 16 and 64 clients): every answer 2xx or 503, no live node declared down.
     Overload(overload::Args),
+    /// The K2V conformance suite against Shoal and Garage side by side (bench/prepare-peers.sh
+    /// builds Garage).
+    Conformance(conformance::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         Command::Campaign(args) => campaign::run(&args),
         Command::Cluster(args) => cluster::run(&args),
         Command::Overload(args) => overload::run(&args),
+        Command::Conformance(args) => conformance::run(&args),
     }
 }
