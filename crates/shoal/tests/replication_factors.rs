@@ -124,12 +124,14 @@ fn write_config(dir: &Path, base: u16, n: usize, k: usize, rf: usize, mode: &str
     let text = format!(
         "data_dir = {node_dir:?}\nrpc_bind_addr = {}\nrpc_secret = \"{}\"\nbootstrap_peers = [{}]\n\
          replication_factor = {rf}\nconsistency_mode = \"{mode}\"\nheartbeat_ms = 300\n\
-         admin_bind_addr = \"127.0.0.1:{}\"\nadmin_token = \"{}\"\n",
+         admin_bind_addr = \"127.0.0.1:{}\"\nadmin_token = \"{}\"\n\
+         api_bind_addr = \"127.0.0.1:{}\"\n",
         rpc(k),
         "5e".repeat(32),
         peers.join(", "),
         base as usize + 2000 + k - 1,
         "t0ken".repeat(4),
+        base as usize + 1000 + k - 1,
     );
     let path = node_dir.join("shoal.toml");
     std::fs::write(&path, text).unwrap();
@@ -227,6 +229,45 @@ fn five_replicas_keep_writing_with_two_nodes_dead_and_refuse_with_three() {
     );
 
     write_and_read_through_every_node(dir.path(), 5, "all");
+    // A K2V key and bucket, for a client's view of the same failures.
+    let key = run(&configs[0], &["key", "create", "client"]);
+    let field = |label: &str| {
+        key.lines()
+            .find_map(|l| l.strip_prefix(label))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (key_id, secret) = (field("Key ID:"), field("Secret key:"));
+    run(&configs[0], &["bucket", "create", "bkt"]);
+    run(
+        &configs[0],
+        &[
+            "bucket", "allow", "bkt", "--key", &key_id, "--read", "--write",
+        ],
+    );
+    let k2v_put = |pk: &str| -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-s", "-i", "-X", "PUT", "--data-binary", "v"])
+            .args(["--aws-sigv4", "aws:amz:shoal:k2v", "--user"])
+            .arg(format!("{key_id}:{secret}"))
+            .arg(format!(
+                "http://127.0.0.1:{}/bkt/{pk}?sort_key=s",
+                base as usize + 1000
+            ))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, text)
+    };
+    wait_until("node 1 knows the key", Duration::from_secs(10), || {
+        k2v_put("first").0 == 204
+    });
 
     // Two nodes die: a majority of every partition's five replicas is left.
     servers[3].kill();
@@ -254,6 +295,17 @@ fn five_replicas_keep_writing_with_two_nodes_dead_and_refuse_with_three() {
     }
     let (ok, out) = try_run(&configs[1], &["get", "two-dead", "k0"]);
     assert!(!ok && out.contains("read quorum not reached"), "{out}");
+    // A K2V client is told to come back later: 503 with Retry-After and a request id.
+    let (status, text) = k2v_put("three-dead");
+    let lower = text.to_ascii_lowercase();
+    assert!(
+        status == 503
+            && lower.contains("retry-after: 1")
+            && lower.contains("x-amz-request-id:")
+            && text.contains("ServiceUnavailable")
+            && text.contains("of 3 acknowledgements"),
+        "{text}"
+    );
     let got = run(&configs[0], &["get", "two-dead", "k0"]);
     assert_eq!(got.trim(), "v");
     drop(servers);
