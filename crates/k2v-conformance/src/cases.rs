@@ -460,6 +460,28 @@ fn delete_batch_ranges_and_single_items(c: &Ctx) -> Result<(), String> {
     )
 }
 
+fn a_delete_through_another_node_hides_the_item_at_once(c: &Ctx) -> Result<(), String> {
+    if c.target.others.len() < 2 {
+        return Err("needs the addresses of two other nodes".into());
+    }
+    let (b, third) = (c.target.via(0), c.target.via(1));
+    let pk = c.pk("delete-elsewhere");
+    fill(c, &pk, 5)?;
+    let r = b.send(&Req::item("GET", &pk, &sort_key_query("k0002")))?;
+    expect(&r, 200, "ReadItem through a second node")?;
+    let t = token_of(&r)?;
+    let r = b.send(&Req::item("DELETE", &pk, &sort_key_query("k0002")).header(TOKEN, &t))?;
+    expect(&r, 204, "DeleteItem through a second node")?;
+    // Acknowledged means visible: a range read through a third node, right after, agrees.
+    let body = serde_json::to_vec(&json!([{"partitionKey": pk}])).expect("JSON");
+    let r = third.send(&Req::bucket("POST", "search").body(body))?;
+    expect(&r, 200, "ReadBatch through a third node")?;
+    let out = r.json();
+    ensure(sks(&out[0]) == ["k0000", "k0001", "k0003", "k0004"], || {
+        format!("the deleted item must not be listed: {out}")
+    })
+}
+
 // ---- the index -------------------------------------------------------------------------------
 
 fn read_index_counts_and_pages(c: &Ctx) -> Result<(), String> {
@@ -752,6 +774,12 @@ pub fn all() -> Vec<Case> {
         case!(read_batch_inconsistent_searches_are_400),
         case!(read_batch_conflicts_only),
         case!(delete_batch_ranges_and_single_items),
+        case!(
+            a_delete_through_another_node_hides_the_item_at_once,
+            "Garage has been seen listing an item deleted through another node in a range read \
+             right after the delete was acknowledged; a quorum read must see every write \
+             acknowledged before it began, deletes included"
+        ),
         case!(read_index_counts_and_pages),
         case!(read_index_start_outside_prefix_is_400),
         case!(poll_item_times_out_then_sees_a_write),

@@ -37,6 +37,20 @@ pub struct Target {
     pub secret: String,
     /// The region the server expects in signatures.
     pub region: String,
+    /// `host:port` of the K2V API of the cluster's other nodes, for the cases that write
+    /// through one node and read through another.
+    pub others: Vec<String>,
+}
+
+impl Target {
+    /// The same cluster through its `i`-th other node (this one if there are not enough).
+    pub fn via(&self, i: usize) -> Target {
+        let mut t = self.clone();
+        if let Some(a) = self.others.get(i) {
+            t.addr = a.clone();
+        }
+        t
+    }
 }
 
 /// A response.

@@ -51,6 +51,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             key_id,
             secret,
             region: "shoal".into(),
+            others: cluster.nodes[1..]
+                .iter()
+                .map(|n| n.api_endpoint().trim_start_matches("http://").to_string())
+                .collect(),
         };
         results.push((
             "shoal".into(),
@@ -68,6 +72,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             key_id: garage.key_id.clone(),
             secret: garage.secret.clone(),
             region: "garage".into(),
+            others: garage.endpoints()[1..]
+                .iter()
+                .map(|e| e.trim_start_matches("http://").to_string())
+                .collect(),
         };
         results.push((
             "garage".into(),

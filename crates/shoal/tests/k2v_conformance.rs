@@ -16,7 +16,8 @@ fn env_value(env: &str, name: &str) -> String {
 #[test]
 fn shoal_passes_the_k2v_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let (child, _) = start_dev(dir.path(), base_port(0), 3);
+    let base = base_port(0);
+    let (child, _) = start_dev(dir.path(), base, 3);
     let env = std::fs::read_to_string(dir.path().join("k2v.env")).unwrap();
     let target = k2v_conformance::Target {
         name: "shoal".into(),
@@ -27,6 +28,10 @@ fn shoal_passes_the_k2v_conformance_suite() {
         key_id: env_value(&env, "AWS_ACCESS_KEY_ID"),
         secret: env_value(&env, "AWS_SECRET_ACCESS_KEY"),
         region: env_value(&env, "AWS_REGION"),
+        // `shoal dev` puts node k's API 1000 ports above its RPC port.
+        others: (1..3)
+            .map(|k| format!("127.0.0.1:{}", base as usize + 1000 + k))
+            .collect(),
     };
     let outcomes = k2v_conformance::run_all(&target, None, k2v_conformance::cases::KEY_CASES);
     for o in &outcomes {
