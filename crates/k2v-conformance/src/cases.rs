@@ -571,7 +571,7 @@ fn poll_range_returns_news_then_waits(c: &Ctx) -> Result<(), String> {
     let poll = |body: Value, method: &str| -> Result<Reply, String> {
         let body = serde_json::to_vec(&body).expect("JSON");
         let req = match method {
-            "SEARCH" => Req::item("SEARCH", &pk, "").body(body),
+            "SEARCH" => Req::item("SEARCH", &pk, "poll_range").body(body),
             _ => Req::item("POST", &pk, "poll_range").body(body),
         };
         c.target.send(&req)
@@ -773,7 +773,12 @@ pub fn all() -> Vec<Case> {
         case!(read_batch_single_item),
         case!(read_batch_inconsistent_searches_are_400),
         case!(read_batch_conflicts_only),
-        case!(delete_batch_ranges_and_single_items),
+        case!(
+            delete_batch_ranges_and_single_items,
+            "Garage 2.5 has been seen, in some runs, to list items right after a DeleteBatch \
+             that reported them deleted; an acknowledged delete must hide its items from the \
+             next read"
+        ),
         case!(
             a_delete_through_another_node_hides_the_item_at_once,
             "Garage has been seen listing an item deleted through another node in a range read \

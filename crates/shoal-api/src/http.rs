@@ -234,7 +234,7 @@ fn operation_of(method: &Method, uri: &axum::http::Uri) -> &'static str {
         ("PUT", true) => "InsertItem",
         ("DELETE", true) => "DeleteItem",
         ("POST", true) if has("poll_range") => "PollRange",
-        ("SEARCH", true) => "PollRange",
+        ("SEARCH", true) if has("poll_range") => "PollRange",
         ("GET", false) => "ReadIndex",
         ("POST", false) if has("search") => "ReadBatch",
         ("SEARCH", false) => "ReadBatch",
@@ -404,8 +404,11 @@ async fn handle_inner<T: Transport>(ctx: &Ctx<'_, T>, req: Request) -> Result<Re
         ("POST", Some(pk)) if query.contains_key("poll_range") => {
             poll_range(ctx, &bucket_id, &pk, &body).await
         }
-        // The specification's alternative route for PollRange.
-        ("SEARCH", Some(pk)) => poll_range(ctx, &bucket_id, &pk, &body).await,
+        // The specification's alternative route for PollRange (`?poll_range` still required,
+        // as the specification writes it and Garage routes it).
+        ("SEARCH", Some(pk)) if query.contains_key("poll_range") => {
+            poll_range(ctx, &bucket_id, &pk, &body).await
+        }
         ("GET", None) => read_index(ctx, &bucket_id, &query).await,
         ("POST", None) if query.contains_key("search") => read_batch(ctx, &bucket_id, &body).await,
         ("SEARCH", None) => read_batch(ctx, &bucket_id, &body).await,
