@@ -595,7 +595,7 @@ fn poll_range_returns_news_then_waits(c: &Ctx) -> Result<(), String> {
 // ---- keys ------------------------------------------------------------------------------------
 
 /// Keys that need escaping: a slash, spaces, `+ & = ? # %`, non-ASCII.
-const HARD_KEYS: &[&str] = &[
+pub const HARD_KEYS: &[&str] = &[
     "user/42",
     "profile v1",
     "a+b",

@@ -123,15 +123,7 @@ impl K2vHttp {
         slot: usize,
         items: &[(String, String, Vec<u8>)],
     ) -> anyhow::Result<()> {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let body: Vec<serde_json::Value> = items
-            .iter()
-            .map(|(pk, sk, v)| serde_json::json!({"pk": pk, "sk": sk, "ct": null, "v": b64.encode(v)}))
-            .collect();
-        let r = self
-            .call(slot, "POST", None, &serde_json::to_vec(&body)?)
-            .await?;
+        let r = self.send_insert_batch(slot, items).await?;
         if !(200..300).contains(&r.status) {
             bail!(
                 "InsertBatch of {} items: status {}: {}",
@@ -149,16 +141,22 @@ impl K2vHttp {
         slot: usize,
         items: &[(String, String, Vec<u8>)],
     ) -> anyhow::Result<u16> {
+        Ok(self.send_insert_batch(slot, items).await?.status)
+    }
+
+    async fn send_insert_batch(
+        &self,
+        slot: usize,
+        items: &[(String, String, Vec<u8>)],
+    ) -> anyhow::Result<Reply> {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
         let body: Vec<serde_json::Value> = items
             .iter()
             .map(|(pk, sk, v)| serde_json::json!({"pk": pk, "sk": sk, "ct": null, "v": b64.encode(v)}))
             .collect();
-        let r = self
-            .call(slot, "POST", None, &serde_json::to_vec(&body)?)
-            .await?;
-        Ok(r.status)
+        self.call(slot, "POST", None, &serde_json::to_vec(&body)?)
+            .await
     }
 
     /// ReadItem as raw bytes: `None` when the item does not exist.

@@ -1357,14 +1357,7 @@ impl<T: Transport> Node<T> {
     /// next start rebuilds their written partitions; nothing is lost).
     pub async fn close(&self) -> Vec<(String, String)> {
         self.shutdown();
-        let tables: Vec<Arc<dyn SyncTable>> = self
-            .state
-            .tables
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let tables = self.tables();
         let mut failed = Vec::new();
         for t in tables {
             let name = t.name().to_string();
@@ -2288,16 +2281,20 @@ impl<T: Transport> Node<T> {
         stats
     }
 
-    /// Items stored here, per table.
-    pub fn table_sizes(&self) -> BTreeMap<String, u64> {
-        let tables: Vec<Arc<dyn SyncTable>> = self
-            .state
+    /// Every registered table.
+    fn tables(&self) -> Vec<Arc<dyn SyncTable>> {
+        self.state
             .tables
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Items stored here, per table.
+    pub fn table_sizes(&self) -> BTreeMap<String, u64> {
+        let tables = self.tables();
         tables
             .into_iter()
             .map(|t| (t.name().to_string(), t.item_count().unwrap_or(0)))

@@ -315,17 +315,7 @@ fn garage_k2v_client_against_a_three_node_cluster() {
 
         // Keys that need escaping, in paths, queries and JSON alike: written one by one and
         // in a batch, read one by one, in a batch and from the index.
-        let hard = [
-            "user/42",
-            "profile v1",
-            "a+b",
-            "a&b=c?d#e%f",
-            "%2F",
-            "é",
-            "日本",
-            "🦀/x y",
-            "trailing/",
-        ];
+        let hard = k2v_conformance::cases::HARD_KEYS;
         for (i, k) in hard.iter().enumerate() {
             let pk = format!("hard:{k}");
             c.insert_item(&pk, k, format!("one {i}").into_bytes(), None)
@@ -355,11 +345,12 @@ fn garage_k2v_client_against_a_three_node_cluster() {
             .await
             .unwrap();
         let mut sorted: Vec<&str> = hard.to_vec();
+        sorted.dedup();
         sorted.sort();
         let got: Vec<&str> = res[0].items.keys().map(String::as_str).collect();
         assert_eq!(got, sorted);
         for k in hard {
-            assert_eq!(res[0].items[k].value, vec![value(k.as_bytes())]);
+            assert_eq!(res[0].items[*k].value, vec![value(k.as_bytes())]);
         }
     });
     stop(dev);

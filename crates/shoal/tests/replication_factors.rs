@@ -43,19 +43,7 @@ fn write_and_read_through_every_node(dir: &Path, nodes: usize, tag: &str) {
 }
 
 fn dev_at(dir: &Path, base: u16, nodes: usize, rf: usize) -> (Child, String) {
-    let mut child = shoal()
-        .args(["dev", "--nodes", &nodes.to_string()])
-        .args(["--replication-factor", &rf.to_string(), "--exit-with-stdin"])
-        .arg("--dir")
-        .arg(dir)
-        .args(["--base-port", &base.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = common::wait_for_ready(&mut child);
-    (child, out)
+    common::start_dev_with(dir, base, nodes, &["--replication-factor", &rf.to_string()])
 }
 
 #[test]

@@ -22,6 +22,11 @@ pub fn base_port(offset: u32) -> u16 {
 /// Starts `shoal dev` with `nodes` nodes and waits for its "ready" line; returns the child and
 /// everything it printed up to then. Closing the child's standard input stops the cluster.
 pub fn start_dev(dir: &Path, base: u16, nodes: usize) -> (Child, String) {
+    start_dev_with(dir, base, nodes, &[])
+}
+
+/// [`start_dev`] with more options for `shoal dev`.
+pub fn start_dev_with(dir: &Path, base: u16, nodes: usize, more: &[&str]) -> (Child, String) {
     let mut child = shoal()
         .args([
             "dev",
@@ -31,6 +36,7 @@ pub fn start_dev(dir: &Path, base: u16, nodes: usize) -> (Child, String) {
             "--dir",
         ])
         .arg(dir)
+        .args(more)
         .args(["--base-port", &base.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
