@@ -7,8 +7,11 @@
 //! - `two-sided`: B lacks `ceil(d/2)` items A holds, A lacks `floor(d/2)` items B holds;
 //! - `modified`: `d` items hold different versions on A and B (2d differing ids).
 //!
+//! Bytes are counted as they travel: `item_bytes` is the item payload as sent (compressed when
+//! it went compressed), `meta_bytes` every other byte (a count below zero stops the bench).
 //! `lb_bytes` is the information-theoretic minimum of metadata for 256-bit ids:
-//! ceil(Σ over sides dᵢ·log₂(e·2²⁵⁶/dᵢ) / 8), dᵢ = ids side i lacks.
+//! ceil(Σ over sides dᵢ·log₂(e·2²⁵⁶/dᵢ) / 8), dᵢ = ids side i lacks; `lb64_bytes` the same for
+//! the 64-bit keyed ids Shoal's protocol actually reconciles.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -117,6 +120,7 @@ struct Row {
     round_trips: u64,
     overfetched_items: u64,
     lb_bytes: u64,
+    lb64_bytes: u64,
     converged: bool,
     cpu_ms_a: f64,
     cpu_ms_b: f64,
@@ -202,10 +206,15 @@ fn parse_d(s: &str, n: u64) -> anyhow::Result<u64> {
 
 /// Lower bound in bytes for 256-bit ids: ceil(Σ dᵢ·log₂(e·2²⁵⁶/dᵢ) / 8).
 fn lower_bound(lacks: [u64; 2]) -> u64 {
+    lower_bound_for(lacks, 256.0)
+}
+
+/// The same bound for ids of `id_bits` bits.
+fn lower_bound_for(lacks: [u64; 2], id_bits: f64) -> u64 {
     let bits: f64 = lacks
         .iter()
         .filter(|&&d| d > 0)
-        .map(|&d| d as f64 * (std::f64::consts::E.log2() + 256.0 - (d as f64).log2()))
+        .map(|&d| d as f64 * (std::f64::consts::E.log2() + id_bits - (d as f64).log2()))
         .sum();
     (bits / 8.0).ceil() as u64
 }
@@ -366,6 +375,7 @@ fn run_strategy(
         round_trips: 0,
         overfetched_items: 0,
         lb_bytes: lower_bound(lacks),
+        lb64_bytes: lower_bound_for(lacks, 64.0),
         converged: false,
         cpu_ms_a: 0.0,
         cpu_ms_b: 0.0,
@@ -413,7 +423,16 @@ fn run_strategy(
             row.converged = converged(&ra, &rb)?;
         }
     }
-    row.meta_bytes = row.bytes_a_to_b + row.bytes_b_to_a - row.item_bytes;
+    row.meta_bytes = (row.bytes_a_to_b + row.bytes_b_to_a)
+        .checked_sub(row.item_bytes)
+        .with_context(|| {
+            format!(
+                "{}: {} item bytes counted out of {} carried: a counting bug",
+                row.strategy,
+                row.item_bytes,
+                row.bytes_a_to_b + row.bytes_b_to_a
+            )
+        })?;
     drop((ra, rb, a, b));
     std::fs::remove_file(&a_path)?;
     std::fs::remove_file(&b_path)?;

@@ -1891,6 +1891,10 @@ impl<T: Transport> Node<T> {
         loop {
             transcript.legs += 1;
             transcript.bytes_a_to_b += outgoing.iter().map(|m| m.len() as u64).sum::<u64>();
+            transcript.item_bytes += outgoing
+                .iter()
+                .map(|m| Message::encoded_item_bytes(m))
+                .sum::<u64>();
             let step = SyncStep {
                 table: table.to_string(),
                 partition: p,
@@ -1904,6 +1908,10 @@ impl<T: Transport> Node<T> {
                 transcript.legs += 1;
             }
             transcript.bytes_b_to_a += replies.iter().map(|m| m.len() as u64).sum::<u64>();
+            transcript.item_bytes += replies
+                .iter()
+                .map(|m| Message::encoded_item_bytes(m))
+                .sum::<u64>();
             let (s, r, out) = self
                 .blocking(move || -> Result<_, SyncError> {
                     for raw in replies {

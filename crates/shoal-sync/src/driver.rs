@@ -14,8 +14,11 @@ pub struct Transcript {
     pub bytes_a_to_b: u64,
     /// Encoded bytes from the responder to the initiator.
     pub bytes_b_to_a: u64,
-    /// Item payload bytes, both ways (the rest is metadata).
+    /// Item payload bytes as they travelled (compressed when they went compressed), both ways:
+    /// the rest of the bytes is metadata.
     pub item_bytes: u64,
+    /// The same items' bytes before compression.
+    pub item_bytes_uncompressed: u64,
     /// Messages, both ways.
     pub messages: u64,
     /// The largest message.
@@ -35,7 +38,9 @@ pub struct Transcript {
 impl Transcript {
     /// Every byte that is not an item payload.
     pub fn meta_bytes(&self) -> u64 {
-        self.bytes_a_to_b + self.bytes_b_to_a - self.item_bytes
+        (self.bytes_a_to_b + self.bytes_b_to_a)
+            .checked_sub(self.item_bytes)
+            .expect("item bytes are counted within the bytes carried: a metadata count below 0 is a counting bug")
     }
 
     /// Times a side had to wait for the other's reply.
@@ -128,7 +133,7 @@ pub fn sync_pair_timed(
     }
     t.a = ia.stats();
     t.b = rb.stats();
-    t.item_bytes = t.a.item_bytes_sent + t.b.item_bytes_sent;
+    t.item_bytes_uncompressed = t.a.item_bytes_sent + t.b.item_bytes_sent;
     Ok(t)
 }
 
@@ -149,6 +154,7 @@ fn carry(t: &mut Transcript, m: &Message, a_to_b: bool) -> Result<Message, SyncE
     } else {
         t.bytes_b_to_a += bytes.len() as u64;
     }
+    t.item_bytes += Message::encoded_item_bytes(&bytes);
     t.messages += 1;
     t.max_message = t.max_message.max(bytes.len() as u64);
     Ok(Message::decode(&bytes)?)

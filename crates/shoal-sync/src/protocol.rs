@@ -172,6 +172,15 @@ pub fn take_varint(input: &mut &[u8]) -> Option<u64> {
 }
 
 impl Message {
+    /// Bytes of an encoded message that are item payload as it travels (compressed or not):
+    /// all of an `Items` message but its tag and `last` flag, nothing of any other.
+    pub fn encoded_item_bytes(encoded: &[u8]) -> u64 {
+        match encoded.first() {
+            Some(&TAG_ITEMS | &TAG_ITEMS_ZSTD) => encoded.len().saturating_sub(2) as u64,
+            _ => 0,
+        }
+    }
+
     /// The wire encoding. Panics in debug builds if a message was built over the size limit
     /// (the session never does).
     pub fn encode(&self) -> Vec<u8> {
