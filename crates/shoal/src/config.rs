@@ -48,6 +48,15 @@ pub struct Config {
     /// Largest K2V request body, in bytes; larger ones are refused before being read.
     #[serde(default = "default_max_body")]
     pub api_max_body_bytes: usize,
+    /// K2V requests (other than long polls) served at once; more are answered 503.
+    #[serde(default = "default_max_requests")]
+    pub api_max_requests_in_flight: usize,
+    /// Items of K2V writes in flight at once; a write waits for room, then is answered 503.
+    #[serde(default = "default_max_writes")]
+    pub api_max_writes_in_flight: usize,
+    /// Milliseconds a K2V write waits for room before it is answered 503.
+    #[serde(default = "default_write_wait")]
+    pub api_write_wait_ms: u64,
     /// Address of the admin endpoint: `/metrics`, and the operator CLI's calls.
     #[serde(default)]
     pub admin_bind_addr: Option<String>,
@@ -62,6 +71,18 @@ fn default_region() -> String {
 
 fn default_max_body() -> usize {
     8 << 20
+}
+
+pub(crate) fn default_max_requests() -> usize {
+    4096
+}
+
+pub(crate) fn default_max_writes() -> usize {
+    16_384
+}
+
+pub(crate) fn default_write_wait() -> u64 {
+    10_000
 }
 
 fn default_sync_start() -> u64 {
@@ -130,6 +151,9 @@ impl Config {
         }
         if self.api_max_body_bytes == 0 {
             bail!("api_max_body_bytes must be at least 1");
+        }
+        if self.api_max_requests_in_flight == 0 || self.api_max_writes_in_flight == 0 {
+            bail!("api_max_requests_in_flight and api_max_writes_in_flight must be at least 1");
         }
         if self.heartbeat_ms == 0 {
             bail!("heartbeat_ms must be at least 1");

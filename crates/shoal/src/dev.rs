@@ -93,6 +93,9 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             admin_token: Some(admin_token.clone()),
             api_region: "shoal".into(),
             api_max_body_bytes: 8 << 20,
+            api_max_requests_in_flight: crate::config::default_max_requests(),
+            api_max_writes_in_flight: crate::config::default_max_writes(),
+            api_write_wait_ms: crate::config::default_write_wait(),
         };
         let path = node_dir.join("shoal.toml");
         std::fs::write(&path, toml::to_string(&config)?)?;

@@ -60,7 +60,9 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
         shoal_api::ApiConfig {
             region: config.api_region.clone(),
             max_body_bytes: config.api_max_body_bytes,
-            ..shoal_api::ApiConfig::default()
+            max_requests_in_flight: config.api_max_requests_in_flight,
+            max_writes_in_flight: config.api_max_writes_in_flight,
+            write_admission_wait: Duration::from_millis(config.api_write_wait_ms),
         },
     )
     .await
