@@ -694,6 +694,10 @@ trait Replicas {
     fn wipe_node3(&mut self) -> anyhow::Result<()>;
     /// What an operator runs after bringing a wiped node back (nothing, for Shoal).
     fn repair_node3(&mut self) -> anyhow::Result<()>;
+    /// What `repair_node3` asks of the system, in words, for the figures' labels.
+    fn repair_action(&self) -> &'static str;
+    /// Settings of the system's nodes that differ from its defaults.
+    fn non_default_settings(&self) -> &'static str;
     /// K2V items in node `k`'s own store.
     fn count(&self, k: usize) -> anyhow::Result<usize>;
     /// A client of nodes 1 and 2 only.
@@ -722,6 +726,12 @@ impl Replicas for ShoalReplicas<'_> {
     }
     fn wipe_node3(&mut self) -> anyhow::Result<()> {
         self.0.wipe_data(2)
+    }
+    fn repair_action(&self) -> &'static str {
+        "nothing: the restarted node's syncer finds its partitions empty and fills them"
+    }
+    fn non_default_settings(&self) -> &'static str {
+        crate::procs::NON_DEFAULT_SETTINGS
     }
     fn repair_node3(&mut self) -> anyhow::Result<()> {
         // A wiped node comes back empty; its syncer's start-up scan repairs it by itself.
@@ -760,6 +770,7 @@ fn catch_up_and_repair(
     let two = sys.first_two()?;
     let name = sys.name();
     let mut catch = Vec::new();
+    let mut catch_transfer = Vec::new();
     let mut catch_bytes = Vec::new();
     let mut reached = true;
     let mut held_at_cap = None;
@@ -772,8 +783,9 @@ fn catch_up_and_repair(
         counter.zero()?;
         let t0 = Instant::now();
         sys.start_node3()?;
-        let ok = wait_count(sys, expected, cap);
+        let (ok, first) = wait_count_from(sys, base, expected, cap);
         catch.push(t0.elapsed().as_secs_f64());
+        catch_transfer.push(first.map_or(f64::NAN, |f| t0.elapsed().as_secs_f64() - f));
         catch_bytes.push(counter.bytes()? as f64);
         eprintln!(
             "{name} catch-up run {run}: {:.2} s, caught up: {ok}",
@@ -789,6 +801,8 @@ fn catch_up_and_repair(
     rows.push(json!({
         "system": name, "scenario": "catch-up", "items": args.catch_up_items, "runs": catch.len(),
         "seconds": median(catch.clone()), "bytes": median(catch_bytes.clone()),
+        "transfer_seconds": median(catch_transfer.clone()), "all_transfer_seconds": catch_transfer,
+        "non_default_settings": sys.non_default_settings(),
         "complete": reached, "cap_seconds": cap.as_secs(), "items_held_at_cap": held_at_cap,
         "all_seconds": catch, "all_bytes": catch_bytes,
     }));
@@ -808,6 +822,7 @@ fn catch_up_and_repair(
         bail!("{name}: node 3 never held the {total} items before the repair runs");
     }
     let mut rep = Vec::new();
+    let mut rep_transfer = Vec::new();
     let mut rep_bytes = Vec::new();
     let mut complete = true;
     let mut held_at_cap = None;
@@ -818,8 +833,9 @@ fn catch_up_and_repair(
         let t0 = Instant::now();
         sys.start_node3()?;
         sys.repair_node3()?;
-        let ok = wait_count(sys, total, cap);
+        let (ok, first) = wait_count_from(sys, 0, total, cap);
         rep.push(t0.elapsed().as_secs_f64());
+        rep_transfer.push(first.map_or(f64::NAN, |f| t0.elapsed().as_secs_f64() - f));
         rep_bytes.push(counter.bytes()? as f64);
         eprintln!(
             "{name} repair run {run}: {:.2} s, whole: {ok}",
@@ -833,12 +849,41 @@ fn catch_up_and_repair(
     }
     rows.push(json!({
         "system": name, "scenario": "repair", "items": total, "runs": rep.len(),
-        "items_held_at_cap": held_at_cap,
+        "items_held_at_cap": held_at_cap, "repair_action": sys.repair_action(),
+        "transfer_seconds": median(rep_transfer.clone()), "all_transfer_seconds": rep_transfer,
+        "non_default_settings": sys.non_default_settings(),
         "seconds": median(rep.clone()), "bytes": median(rep_bytes.clone()),
         "complete": complete, "cap_seconds": cap.as_secs(),
         "all_seconds": rep, "all_bytes": rep_bytes,
     }));
     Ok(rows)
+}
+
+/// Waits until node 3 holds `want` items, having held `from`: whether it did within `within`,
+/// and when (seconds after the call) it first held more than `from` — the transfer phase is
+/// from then until whole.
+fn wait_count_from(
+    sys: &dyn Replicas,
+    from: usize,
+    want: usize,
+    within: Duration,
+) -> (bool, Option<f64>) {
+    let started = Instant::now();
+    let deadline = started + within;
+    let mut first = None;
+    loop {
+        let have = sys.count(2).unwrap_or(0);
+        if first.is_none() && have > from {
+            first = Some(started.elapsed().as_secs_f64());
+        }
+        if have >= want {
+            return (true, first);
+        }
+        if Instant::now() > deadline {
+            return (false, first);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits until node 3 holds `want` items; false if `within` passed first.
@@ -1091,6 +1136,14 @@ impl Replicas for GarageReplicas<'_> {
         // The metadata database; the node key and the layout stay.
         let db = self.0.dir.join("node3/meta/db.lmdb");
         std::fs::remove_dir_all(&db).with_context(|| format!("removing {}", db.display()))
+    }
+    fn repair_action(&self) -> &'static str {
+        "garage repair -a --yes tables: in Garage 2.5 this starts full syncs of the bucket, \
+         object, version, block_ref and key tables, not of k2v_item; the K2V items come back \
+         with Garage's own anti-entropy pass, every 10 minutes"
+    }
+    fn non_default_settings(&self) -> &'static str {
+        "metadata_fsync as the row says, db_engine = lmdb"
     }
     fn repair_node3(&mut self) -> anyhow::Result<()> {
         // Garage does not resync a wiped node before its next anti-entropy pass (10 min):

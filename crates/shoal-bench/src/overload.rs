@@ -54,7 +54,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let cluster = ShoalCluster::start(&args.dir, specs, 3, "load")?;
     let (key, secret, bucket) = cluster.k2v.clone().context("K2V credentials")?;
     eprintln!(
-        "cluster of 3 nodes up (settings other than the defaults: heartbeat_ms = 500, sync_start_delay_ms = 1000)"
+        "cluster of 3 nodes up (settings other than the defaults: {})",
+        crate::procs::NON_DEFAULT_SETTINGS
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -146,7 +147,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 "answers_503": tally.unavailable.load(Ordering::Relaxed),
                 "answers_other": other,
                 "peer_down_events": down,
-                "non_default_settings": "heartbeat_ms = 500, sync_start_delay_ms = 1000",
+                "non_default_settings": crate::procs::NON_DEFAULT_SETTINGS,
             })
         );
         if other > 0 || down > 0 {

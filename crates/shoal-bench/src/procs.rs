@@ -24,6 +24,10 @@ pub fn shoal_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// The settings `ShoalCluster` gives its nodes that differ from Shoal's defaults (1000 and
+/// 20000): a faster failure detector and a first full scan soon after start.
+pub const NON_DEFAULT_SETTINGS: &str = "heartbeat_ms = 500, sync_start_delay_ms = 1000";
+
 /// Where one node lives.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
