@@ -190,9 +190,10 @@ fn adding_and_removing_nodes_moves_items_to_exactly_their_replicas() {
         took.as_secs_f64()
     );
 
-    // Node 2 is up, handing its copies off: it is not forgotten, nor is a member.
+    // Node 2 is up, handing its copies off (or, if its report of a finished offload has
+    // already spread, no longer holding anything back): it is not forgotten, nor is a member.
     for (who, says) in [
-        (&id2, "is up and hands its copies off by itself"),
+        (&id2, "is up and hands its copies off by itself|no node that left the layout"),
         (&id(&conf(1)), "still has a role in the layout"),
     ] {
         let out = common::shoal()
@@ -203,7 +204,7 @@ fn adding_and_removing_nodes_moves_items_to_exactly_their_replicas() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            !out.status.success() && err.contains(says),
+            !out.status.success() && says.split('|').any(|s| err.contains(s)),
             "{:?} {err} {}",
             out.status,
             String::from_utf8_lossy(&out.stdout)
