@@ -193,7 +193,10 @@ fn adding_and_removing_nodes_moves_items_to_exactly_their_replicas() {
     // Node 2 is up, handing its copies off (or, if its report of a finished offload has
     // already spread, no longer holding anything back): it is not forgotten, nor is a member.
     for (who, says) in [
-        (&id2, "is up and hands its copies off by itself|no node that left the layout"),
+        (
+            &id2,
+            "is up and hands its copies off by itself|no node that left the layout",
+        ),
         (&id(&conf(1)), "still has a role in the layout"),
     ] {
         let out = common::shoal()
