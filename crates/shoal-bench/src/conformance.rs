@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use k2v_conformance::{Outcome, Target};
 
-use crate::cluster::Garage;
+use crate::peers::Garage;
 use crate::procs::{NodeSpec, ShoalCluster};
 
 #[derive(clap::Args)]

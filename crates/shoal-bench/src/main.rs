@@ -9,6 +9,7 @@ mod k2v_http;
 mod load;
 mod negentropy_baseline;
 mod overload;
+mod peers;
 mod procs;
 mod storage;
 mod sync;
