@@ -284,14 +284,17 @@ fn canonical_forms<'a>(
             v.push(c);
         }
     }
-    let decoded_path = percent_decode_str(raw_path).decode_utf8_lossy();
-    let single: Cow<'a, str> =
-        Cow::Owned(utf8_percent_encode(&decoded_path, UNRESERVED_PATH).to_string());
     let mut paths = Vec::with_capacity(4);
-    if single == raw_path && !raw_path.contains('%') {
-        // Nothing escaped or to escape: the one form every signer computes.
+    let plain = raw_path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.~/".contains(&b));
+    if plain {
+        // Nothing escaped or to escape: the one form every signer computes, and no copy.
         paths.push(Cow::Borrowed(raw_path));
     } else {
+        let decoded_path = percent_decode_str(raw_path).decode_utf8_lossy();
+        let single: Cow<'a, str> =
+            Cow::Owned(utf8_percent_encode(&decoded_path, UNRESERVED_PATH).to_string());
         let double = utf8_percent_encode(&single, UNRESERVED_PATH).to_string();
         let sent_encoded = utf8_percent_encode(raw_path, UNRESERVED_PATH).to_string();
         push(&mut paths, single);

@@ -1013,14 +1013,25 @@ impl<T: Transport> Node<T> {
             .write_sets(|l| replication.nodes_of(l, p))
     }
 
-    /// The nodes a read of partition `p` of `table` asks: those of the read version.
-    pub fn read_nodes(&self, table: &str, p: u8) -> Vec<NodeId> {
+    /// The nodes a read of partition `p` of `table` asks (those of the read version), and how
+    /// many of them must answer: one look-up of the table's replication for both, on the read
+    /// path.
+    pub fn read_nodes(&self, table: &str, p: u8) -> (Vec<NodeId>, usize) {
         let replication = self.replication_of(table);
-        self.state
+        let nodes = self
+            .state
             .history
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .read_set(|l| replication.nodes_of(l, p))
+            .read_set(|l| replication.nodes_of(l, p));
+        let needed = crate::quorum::Quorums::of(
+            replication,
+            nodes.len(),
+            self.replication_factor(),
+            self.state.config.consistency,
+        )
+        .read;
+        (nodes, needed)
     }
 
     /// Every node of partition `p` of `table` in a live version: whom a replica syncs with.

@@ -209,11 +209,10 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
         sort_key: &S::SortKey,
     ) -> Result<Option<S::Entry>, QuorumError> {
         let key = engine_key(partition_key, sort_key);
-        let nodes = self.node.read_nodes(S::TABLE_NAME, key[0]);
+        let (nodes, needed) = self.node.read_nodes(S::TABLE_NAME, key[0]);
         if nodes.is_empty() {
             return Err(QuorumError::NoLayout(key[0]));
         }
-        let needed = self.node.quorums(S::TABLE_NAME, nodes.len()).read;
         // This node's own copy first, read in place: a B-tree lookup, no future to keep.
         let me = self.node.id();
         let (mut answers, mut errors) = (Vec::with_capacity(needed), Vec::new());
@@ -288,11 +287,10 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
         limit: usize,
     ) -> Result<Vec<S::Entry>, QuorumError> {
         let p = engine_key(partition_key, &())[0];
-        let nodes = self.node.read_nodes(S::TABLE_NAME, p);
+        let (nodes, needed) = self.node.read_nodes(S::TABLE_NAME, p);
         if nodes.is_empty() {
             return Err(QuorumError::NoLayout(p));
         }
-        let needed = self.node.quorums(S::TABLE_NAME, nodes.len()).read;
         let (replies, errors) = ask_quorum(self.node.id(), nodes, needed, |n| {
             let (node, range) = (self.node.clone(), range.clone());
             async move {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{base_port, run, shoal};
@@ -84,25 +84,8 @@ fn writes_beyond_a_nodes_room_are_pushed_back_with_503() {
     );
 
     // 8 clients, 25 writes each, at once.
-    let put = |pk: String| -> (u16, String) {
-        let out = Command::new("curl")
-            .args(["-s", "-i", "-X", "PUT", "--data-binary", "v"])
-            .args(["--aws-sigv4", "aws:amz:shoal:k2v", "--user"])
-            .arg(format!("{key_id}:{secret}"))
-            .arg(format!(
-                "http://127.0.0.1:{}/bkt/{pk}?sort_key=s",
-                base + 1000
-            ))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        (status, text)
-    };
+    let url = |pk: &str| format!("http://127.0.0.1:{}/bkt/{pk}?sort_key=s", base + 1000);
+    let put = |pk: String| common::curl_k2v("PUT", &url(&pk), &key_id, &secret);
     let answers: Vec<(String, u16, String)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8)
             .map(|c| {
@@ -143,17 +126,8 @@ fn writes_beyond_a_nodes_room_are_pushed_back_with_503() {
     }
     // What was acknowledged is there.
     for (pk, _, _) in written.iter().take(20) {
-        let out = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
-            .args(["--aws-sigv4", "aws:amz:shoal:k2v", "--user"])
-            .arg(format!("{key_id}:{secret}"))
-            .arg(format!(
-                "http://127.0.0.1:{}/bkt/{pk}?sort_key=s",
-                base + 1000
-            ))
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{pk}");
+        let (status, text) = common::curl_k2v("GET", &url(pk), &key_id, &secret);
+        assert_eq!(status, 200, "{pk}: {text}");
     }
     eprintln!(
         "{} writes: {} answered 204, {} pushed back with 503",

@@ -234,24 +234,12 @@ fn five_replicas_keep_writing_with_two_nodes_dead_and_refuse_with_three() {
             "bucket", "allow", "bkt", "--key", &key_id, "--read", "--write",
         ],
     );
-    let k2v_put = |pk: &str| -> (u16, String) {
-        let out = Command::new("curl")
-            .args(["-s", "-i", "-X", "PUT", "--data-binary", "v"])
-            .args(["--aws-sigv4", "aws:amz:shoal:k2v", "--user"])
-            .arg(format!("{key_id}:{secret}"))
-            .arg(format!(
-                "http://127.0.0.1:{}/bkt/{pk}?sort_key=s",
-                base as usize + 1000
-            ))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        (status, text)
+    let k2v_put = |pk: &str| {
+        let url = format!(
+            "http://127.0.0.1:{}/bkt/{pk}?sort_key=s",
+            base as usize + 1000
+        );
+        common::curl_k2v("PUT", &url, &key_id, &secret)
     };
     wait_until("node 1 knows the key", Duration::from_secs(10), || {
         k2v_put("first").0 == 204

@@ -107,3 +107,26 @@ pub fn run(config: &Path, args: &[&str]) -> String {
 pub fn json(config: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&run(config, args)).unwrap()
 }
+
+/// A K2V request signed by curl's own `--aws-sigv4` (region `shoal`): the status and the whole
+/// response, head included (`curl -i`).
+pub fn curl_k2v(method: &str, url: &str, key_id: &str, secret: &str) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-i", "-X", method]);
+    if method == "PUT" {
+        cmd.args(["--data-binary", "v"]);
+    }
+    let out = cmd
+        .args(["--aws-sigv4", "aws:amz:shoal:k2v", "--user"])
+        .arg(format!("{key_id}:{secret}"))
+        .arg(url)
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
