@@ -1,23 +1,33 @@
 //! The persistent partition index, kept in the same transaction as every write.
 //!
-//! For each ring partition (the first byte of the engine key: 256 partitions) the index holds
-//! one 36-byte *head*: the partition's *digest* (sketch cell 0: XOR, check and count of the
-//! ids of all its items) and its 16-byte *mini summary* (the difference-size estimator's first
-//! levels). A [`ChangeHook`] updates the head inside the transaction that changes the item, so
-//! the index can never lag the items: a sync can never declare agreement over writes not yet
-//! indexed. Replicas that agree prove it by exchanging the digest, without reading any item.
+//! For each ring partition (the first byte of the engine key: 256 partitions) the index keeps
+//! what a sync session needs without reading the partition's items:
+//! - its first [`MAINTAINED_CELLS`] sketch cells, cell 0 being the partition's *digest* (XOR,
+//!   check and count of the ids of all its items), and its full difference-size summary (the
+//!   16-byte mini summary of `Hello` is folded from it): updated in O(1) per id by every write,
+//!   held in memory, persisted by checkpoints;
+//! - an *id tree* `{table}~ids` from `[partition][id]` to the item's engine key, written in the
+//!   same transaction as the item: a session finds the items behind the ids it decoded with one
+//!   point read each, and lists a partition's ids without reading or hashing its items.
 //!
-//! Everything else a session needs (more sketch cells, the full summary, the item behind an id)
-//! is computed from one scan of the partition's items, and only when the digests differ. An
-//! earlier version also kept an id → key map and 64 cells on every write; measured, that cost
-//! 20–40% of durable insert throughput (more dirty pages per commit), for a saving that only
-//! matters to differing partitions.
+//! So a session's work follows the difference, not the partition: equal partitions compare two
+//! digests; a difference of `d` ids costs about `1.4·d` cells read from memory and `d` point
+//! reads. Only a difference too large for the maintained cells (or the id-list fallback) reads
+//! the partition's ids, from the id tree.
+//!
+//! The index can never lag the items: the id tree commits with them, and the in-memory state is
+//! updated by the commit's after-commit action before the write is acknowledged. A sync can
+//! never declare agreement over writes not yet indexed.
+
+mod state;
 
 use std::sync::{Arc, Mutex};
 
 use shoal_storage::{Direction, Entries, KeyRange, ReadView, StorageError, Store, WriteTx};
 use shoal_table::{Change, ChangeHook};
 
+pub use self::state::MAINTAINED_CELLS;
+use self::state::PartitionState;
 use crate::estimator::{MINI_WIRE_BYTES, Summary};
 use crate::ids::IdKey;
 use crate::sketch::{Cell, ItemId};
@@ -35,10 +45,7 @@ pub fn partition_range(p: Partition) -> KeyRange {
     KeyRange::prefix(&[p])
 }
 
-/// Bytes of a stored head: XOR of ids (8), XOR of checks (4), count (8), mini summary (16).
-const HEAD_BYTES: usize = 20 + MINI_WIRE_BYTES;
-
-/// What the index keeps for a partition.
+/// What a `Hello` carries about a partition.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct Head {
     /// The digest: sketch cell 0 over all the partition's ids.
@@ -53,57 +60,16 @@ impl Head {
         self.digest.count
     }
 
-    /// Adds the effect of `delta` (a head built from toggles): heads form a commutative group,
-    /// so deltas may be applied in any order.
-    pub fn absorb(&mut self, delta: &Head) {
-        self.digest.xor ^= delta.digest.xor;
-        self.digest.check ^= delta.digest.check;
-        self.digest.count = self.digest.count.wrapping_add(delta.digest.count);
-        for (m, d) in self.mini.iter_mut().zip(delta.mini) {
-            *m ^= d;
-        }
-    }
-
     /// Adds or removes an id.
     pub fn toggle(&mut self, id: ItemId, remove: bool) {
         self.digest.toggle(id, remove);
         Summary::toggle_mini_packed(&mut self.mini, id);
     }
-
-    fn encode(&self) -> [u8; HEAD_BYTES] {
-        let mut out = [0u8; HEAD_BYTES];
-        out[0..8].copy_from_slice(&self.digest.xor.to_le_bytes());
-        out[8..12].copy_from_slice(&self.digest.check.to_le_bytes());
-        out[12..20].copy_from_slice(&self.digest.count.to_le_bytes());
-        out[20..].copy_from_slice(&self.mini);
-        out
-    }
-
-    fn decode(bytes: &[u8]) -> Result<Self, StorageError> {
-        if bytes.len() != HEAD_BYTES {
-            return Err(StorageError::Corrupted(format!(
-                "partition index head of {} bytes, expected {HEAD_BYTES}",
-                bytes.len()
-            )));
-        }
-        Ok(Head {
-            digest: Cell {
-                xor: u64::from_le_bytes(bytes[0..8].try_into().expect("8")),
-                check: u32::from_le_bytes(bytes[8..12].try_into().expect("4")),
-                count: u64::from_le_bytes(bytes[12..20].try_into().expect("8")),
-            },
-            mini: bytes[20..].try_into().expect("16"),
-        })
-    }
-
-    fn is_empty(&self) -> bool {
-        *self == Head::default()
-    }
 }
 
-/// A partition's ids with the engine keys of their items, sorted by id: what a session with a
-/// differing peer works from.
-#[derive(Debug, Default, Clone)]
+/// A partition's ids with the engine keys of their items, sorted by id, computed from the items
+/// themselves: what [`PartitionIndex::verify`] checks the index against.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PartitionScan {
     entries: Vec<(ItemId, Box<[u8]>)>,
 }
@@ -132,15 +98,6 @@ impl PartitionScan {
             .map(|i| &*self.entries[i].1)
     }
 
-    /// The full difference-size summary.
-    pub fn summary(&self) -> Summary {
-        let mut s = Summary::default();
-        for (id, _) in &self.entries {
-            s.toggle(*id);
-        }
-        s
-    }
-
     /// The head these items imply.
     pub fn head(&self) -> Head {
         let mut h = Head::default();
@@ -154,45 +111,79 @@ impl PartitionScan {
 /// What [`PartitionIndex::verify`] found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
-    /// Partitions checked (those holding items or a head).
+    /// Partitions checked (those holding items or index state).
     pub partitions: usize,
     /// Items read.
     pub items: u64,
-    /// Partitions whose served head differs from the one computed from the items.
+    /// Partitions whose served cells or summary differ from those computed from the items.
     pub mismatched: Vec<Partition>,
+    /// Partitions whose id tree does not list exactly their items' ids and keys.
+    pub id_tree_mismatched: Vec<Partition>,
 }
 
-/// Changes between two automatic checkpoints of the heads (see [`PartitionIndex`]).
+impl VerifyReport {
+    /// Whether the index matches the items everywhere.
+    pub fn is_clean(&self) -> bool {
+        self.mismatched.is_empty() && self.id_tree_mismatched.is_empty()
+    }
+}
+
+/// Changes between two automatic checkpoints of the in-memory state (see [`PartitionIndex`]).
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 16_384;
 
-/// Key of the format marker in the heads tree; its absence means "rebuild everything".
-const FORMAT_KEY: &[u8] = b"format-1";
-/// Prefix of a partition's *dirty marker* in the heads tree (a head's key is the 1-byte `[p]`).
+/// Key of the format marker in the state tree; its absence means "rebuild everything" (format
+/// 1 kept heads only and had no id tree).
+const FORMAT_KEY: &[u8] = b"format-2";
+const OLD_FORMAT_KEYS: &[&[u8]] = &[b"format-1"];
+/// Prefix of a partition's *dirty marker* in the state tree (a state's key is the 1-byte `[p]`).
 const DIRTY_PREFIX: u8 = b'd';
 
 fn dirty_key(p: Partition) -> [u8; 2] {
     [DIRTY_PREFIX, p]
 }
 
+/// The id tree's key of an id: partition, then the id big-endian (ids ascend within a
+/// partition).
+fn id_entry_key(p: Partition, id: ItemId) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = p;
+    k[1..].copy_from_slice(&id.0.to_be_bytes());
+    k
+}
+
+fn id_of_entry_key(k: &[u8]) -> Result<ItemId, StorageError> {
+    match k {
+        [_, id @ ..] if id.len() == 8 => {
+            Ok(ItemId(u64::from_be_bytes(id.try_into().expect("8 bytes"))))
+        }
+        _ => Err(StorageError::Corrupted(format!(
+            "id tree key of {} bytes, expected 9",
+            k.len()
+        ))),
+    }
+}
+
 /// The index of one table. Open it with [`PartitionIndex::open`] and attach it to the table
 /// with `Table::with_hook`.
 ///
-/// The heads live in memory, updated by an after-commit action of every writing transaction
-/// (XOR and counts commute, so commits may apply in any order), and are persisted in the tree
-/// `{table}~head` by *checkpoints*. What makes this crash-safe is the *dirty marker*: the first
-/// transaction to change a partition after its last checkpoint also writes the partition's
-/// marker, in the same atomic commit. A checkpoint writes the heads and removes the markers of
-/// the partitions with no transaction in flight. Opening the index rebuilds, from the items, the
-/// heads of every partition still marked: so the heads it serves always equal what the items
-/// imply, a sync can never agree over writes not indexed, and a crash costs only a rescan of
-/// the partitions written since their last checkpoint.
+/// The id tree is written by the same transaction as the items. The cells and summaries live in
+/// memory, updated by an after-commit action of every writing transaction (XOR and counts
+/// commute, so commits may apply in any order), and are persisted in the tree `{table}~head` by
+/// *checkpoints*. What makes this crash-safe is the *dirty marker*: the first transaction to
+/// change a partition after its last checkpoint also writes the partition's marker, in the same
+/// atomic commit. A checkpoint writes the state and removes the markers of the partitions with
+/// no transaction in flight. Opening the index recomputes, from the id tree (which committed
+/// with the items), the state of every partition still marked: so the state it serves always
+/// equals what the items imply, and a crash costs only a read of the ids of the partitions
+/// written since their last checkpoint.
 ///
 /// Measured: persisting the heads in every transaction cost 8–10% of durable insert throughput
-/// (one more tree dirtied per commit); with markers, a commit touches the heads tree only for
+/// (one more tree dirtied per commit); with markers, a commit touches the state tree only for
 /// the first write to a partition after a checkpoint.
 pub struct PartitionIndex {
     table: String,
     head_tree: String,
+    id_tree: String,
     key: IdKey,
     checkpoint_every: u64,
     state: Arc<Mutex<IndexState>>,
@@ -206,27 +197,52 @@ impl std::fmt::Debug for PartitionIndex {
     }
 }
 
-/// The in-memory heads and what is known of their persisted state. Only mutated on the store's
+/// The in-memory state and what is known of its persisted form. Only mutated on the store's
 /// writer (inside transactions and their after-commit actions), read by anyone.
 struct IndexState {
-    /// The heads of all committed writes.
-    heads: Box<[Head; 256]>,
+    /// The state of all committed writes; `None` for an empty partition.
+    parts: Vec<Option<Box<PartitionState>>>,
     /// Whether the partition's dirty marker is known to be committed.
     marked: [bool; 256],
     /// Transactions that changed the partition and whose fate is not yet known.
     in_flight: [u32; 256],
     /// Changes since the last checkpoint.
     changes: u64,
-    /// Partitions rebuilt from their items when the index was opened (marked dirty: written
-    /// since their last checkpoint, by a run that did not close cleanly).
+    /// Partitions recomputed when the index was opened (marked dirty: written since their last
+    /// checkpoint, by a run that did not close cleanly).
     rebuilt_at_open: usize,
 }
 
-/// A change's effect on a head, applied when its transaction commits.
+impl IndexState {
+    fn new() -> Self {
+        IndexState {
+            parts: (0..256).map(|_| None).collect(),
+            marked: [false; 256],
+            in_flight: [0; 256],
+            changes: 0,
+            rebuilt_at_open: 0,
+        }
+    }
+
+    fn toggle(&mut self, p: Partition, id: ItemId, remove: bool) {
+        let part = self.parts[p as usize].get_or_insert_with(Default::default);
+        part.toggle(id, remove);
+        if part.head().count() == 0 && part.is_empty() {
+            self.parts[p as usize] = None;
+        }
+    }
+
+    fn set(&mut self, p: Partition, state: PartitionState) {
+        self.parts[p as usize] = (!state.is_empty()).then(|| Box::new(state));
+    }
+}
+
+/// A change's effect on the state, applied when its transaction commits.
 struct PendingChange {
     state: Arc<Mutex<IndexState>>,
     partition: Partition,
-    delta: Head,
+    old: Option<ItemId>,
+    new: Option<ItemId>,
     marks: bool,
     committed: bool,
 }
@@ -236,12 +252,17 @@ impl Drop for PendingChange {
     // commit fails: either way the change is no longer in flight.
     fn drop(&mut self) {
         let mut s = lock(&self.state);
-        let p = self.partition as usize;
-        s.in_flight[p] -= 1;
+        let p = self.partition;
+        s.in_flight[p as usize] -= 1;
         if self.committed {
-            s.heads[p].absorb(&self.delta);
+            if let Some(old) = self.old {
+                s.toggle(p, old, true);
+            }
+            if let Some(new) = self.new {
+                s.toggle(p, new, false);
+            }
             if self.marks {
-                s.marked[p] = true;
+                s.marked[p as usize] = true;
             }
         }
     }
@@ -252,9 +273,10 @@ fn lock(state: &Mutex<IndexState>) -> std::sync::MutexGuard<'_, IndexState> {
 }
 
 impl PartitionIndex {
-    /// Opens the index of `table` in `store`, ids keyed by `key`: loads the persisted heads and
-    /// rebuilds from the items every partition marked dirty (all of them for a table never
-    /// indexed). Blocks: from async code use [`PartitionIndex::open_async`].
+    /// Opens the index of `table` in `store`, ids keyed by `key`: loads the persisted state and
+    /// recomputes every partition marked dirty (builds the whole index, id tree included, for a
+    /// table never indexed or indexed by an older format). Blocks: from async code use
+    /// [`PartitionIndex::open_async`].
     pub fn open(
         store: &Store,
         table: impl Into<String>,
@@ -291,16 +313,11 @@ impl PartitionIndex {
     fn unloaded(table: String, key: IdKey) -> Self {
         PartitionIndex {
             head_tree: format!("{table}~head"),
+            id_tree: format!("{table}~ids"),
             table,
             key,
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
-            state: Arc::new(Mutex::new(IndexState {
-                heads: Box::new([Head::default(); 256]),
-                marked: [false; 256],
-                in_flight: [0; 256],
-                changes: 0,
-                rebuilt_at_open: 0,
-            })),
+            state: Arc::new(Mutex::new(IndexState::new())),
         }
     }
 
@@ -308,46 +325,53 @@ impl PartitionIndex {
     fn load_job(
         &self,
     ) -> impl FnOnce(&mut dyn WriteTx) -> Result<IndexState, StorageError> + Send + 'static {
-        let (table, head_tree, key) =
-            (self.table.clone(), self.head_tree.clone(), self.key.clone());
+        let (table, head_tree, id_tree, key) = (
+            self.table.clone(),
+            self.head_tree.clone(),
+            self.id_tree.clone(),
+            self.key.clone(),
+        );
         move |tx| {
             let fresh = tx.get(&head_tree, FORMAT_KEY)?.is_none();
-            let mut heads = Box::new([Head::default(); 256]);
-            let mut rebuilt_at_open = 0;
+            let mut state = IndexState::new();
+            if fresh {
+                // Whatever an older format left is rebuilt from the items.
+                for (k, _) in scan_all(tx, &id_tree, &KeyRange::all())? {
+                    tx.delete(&id_tree, &k)?;
+                }
+                for old in OLD_FORMAT_KEYS {
+                    tx.delete(&head_tree, old)?;
+                }
+            }
             for p in 0..=255u8 {
                 let dirty = fresh || tx.get(&head_tree, &dirty_key(p))?.is_some();
-                if dirty && !fresh {
-                    rebuilt_at_open += 1;
-                }
-                let head = if dirty {
-                    let head = compute_head(tx, &table, &key, p)?;
-                    store_head(tx, &head_tree, p, &head)?;
-                    tx.delete(&head_tree, &dirty_key(p))?;
-                    head
+                let part = if fresh {
+                    index_items(tx, &table, &id_tree, &key, p)?
+                } else if dirty {
+                    state.rebuilt_at_open += 1;
+                    PartitionState::of(ids_in(tx, &id_tree, p)?)
                 } else {
                     match tx.get(&head_tree, &[p])? {
-                        Some(b) => Head::decode(&b)?,
-                        None => Head::default(),
+                        Some(b) => PartitionState::decode(&b)?,
+                        None => PartitionState::default(),
                     }
                 };
-                heads[p as usize] = head;
+                if dirty {
+                    store_state(tx, &head_tree, p, &part)?;
+                    tx.delete(&head_tree, &dirty_key(p))?;
+                }
+                state.set(p, part);
             }
             if fresh {
                 tx.put(&head_tree, FORMAT_KEY, b"")?;
             }
-            Ok(IndexState {
-                heads,
-                marked: [false; 256],
-                in_flight: [0; 256],
-                changes: 0,
-                rebuilt_at_open,
-            })
+            Ok(state)
         }
     }
 
-    /// Partitions whose heads were rebuilt from their items when this index was opened: those
-    /// written since their last checkpoint (0 after a clean shutdown; a table indexed for the
-    /// first time is not counted).
+    /// Partitions whose state was recomputed when this index was opened: those written since
+    /// their last checkpoint (0 after a clean shutdown; a table indexed for the first time is
+    /// not counted).
     pub fn rebuilt_at_open(&self) -> usize {
         lock(&self.state).rebuilt_at_open
     }
@@ -370,10 +394,49 @@ impl PartitionIndex {
     /// The head of partition `p` over all committed writes (the empty head for an empty
     /// partition). A write is acknowledged only after its change is in the head.
     pub fn head(&self, p: Partition) -> Head {
-        lock(&self.state).heads[p as usize]
+        lock(&self.state).parts[p as usize]
+            .as_ref()
+            .map(|s| s.head())
+            .unwrap_or_default()
     }
 
-    /// Reads partition `p`'s items and computes their ids.
+    /// Sketch cells `from..to` of partition `p` from memory, if `to` is within the
+    /// [`MAINTAINED_CELLS`].
+    pub fn maintained_cells(&self, p: Partition, from: u64, to: u64) -> Option<Vec<Cell>> {
+        if to > MAINTAINED_CELLS {
+            return None;
+        }
+        Some(match &lock(&self.state).parts[p as usize] {
+            Some(s) => s.cells(from, to),
+            None => vec![Cell::default(); to.saturating_sub(from) as usize],
+        })
+    }
+
+    /// The full difference-size summary of partition `p`.
+    pub fn summary(&self, p: Partition) -> Summary {
+        lock(&self.state).parts[p as usize]
+            .as_ref()
+            .map(|s| s.summary().clone())
+            .unwrap_or_default()
+    }
+
+    /// The ids of partition `p`, ascending, read from the id tree.
+    pub fn ids(&self, view: &dyn ReadView, p: Partition) -> Result<Vec<ItemId>, StorageError> {
+        ids_in(view, &self.id_tree, p)
+    }
+
+    /// The engine key of the item of partition `p` with id `id`, if held: one point read.
+    pub fn key_of(
+        &self,
+        view: &dyn ReadView,
+        p: Partition,
+        id: ItemId,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        view.get(&self.id_tree, &id_entry_key(p, id))
+    }
+
+    /// Reads partition `p`'s items and computes their ids (the ground truth the index is checked
+    /// against; sessions use the id tree).
     pub fn scan(&self, view: &dyn ReadView, p: Partition) -> Result<PartitionScan, StorageError> {
         let mut entries = Vec::new();
         let mut range = partition_range(p);
@@ -392,9 +455,9 @@ impl PartitionIndex {
         Ok(PartitionScan { entries })
     }
 
-    /// Persists the heads of every partition with no write in flight and clears their dirty
+    /// Persists the state of every partition with no write in flight and clears their dirty
     /// markers, in one transaction; returns how many partitions it persisted. Run on clean
-    /// shutdown, so the next open rebuilds nothing; it also runs by itself every
+    /// shutdown, so the next open recomputes nothing; it also runs by itself every
     /// `checkpoint_every` changes, inside the transaction that reaches the count.
     pub fn checkpoint(&self, store: &Store) -> Result<usize, StorageError> {
         let (state, head_tree) = (self.state.clone(), self.head_tree.clone());
@@ -403,20 +466,21 @@ impl PartitionIndex {
             .map_err(tx_error)
     }
 
-    /// Recomputes every head from the items and persists it, each partition in one
-    /// transaction. Returns the number of items indexed.
+    /// Recomputes every partition's id tree and state from the items and persists them, each
+    /// partition in one transaction. Returns the number of items indexed.
     pub fn rebuild(&self, store: &Store) -> Result<u64, StorageError> {
         let mut total = 0;
         for p in 0..=255u8 {
             loop {
-                let (state, head_tree, table, key) = (
+                let (state, head_tree, id_tree, table, key) = (
                     self.state.clone(),
                     self.head_tree.clone(),
+                    self.id_tree.clone(),
                     self.table.clone(),
                     self.key.clone(),
                 );
                 // A partition with a transaction in flight (earlier in the same group commit)
-                // would count that transaction twice: its items are visible here and its delta
+                // would count that transaction twice: its items are visible here and its change
                 // is still to come. Wait for it to settle.
                 let done = store
                     .transact(move |tx| -> Result<Option<u64>, StorageError> {
@@ -424,15 +488,14 @@ impl PartitionIndex {
                         if s.in_flight[p as usize] > 0 {
                             return Ok(None);
                         }
-                        let mut head = Head::default();
-                        let mut n = 0;
-                        for (k, v) in scan_all(tx, &table, &partition_range(p))? {
-                            head.toggle(key.item_id(&k, &v), false);
-                            n += 1;
+                        for (k, _) in scan_all(tx, &id_tree, &partition_range(p))? {
+                            tx.delete(&id_tree, &k)?;
                         }
-                        store_head(tx, &head_tree, p, &head)?;
+                        let part = index_items(tx, &table, &id_tree, &key, p)?;
+                        let n = part.head().count();
+                        store_state(tx, &head_tree, p, &part)?;
                         tx.delete(&head_tree, &dirty_key(p))?;
-                        s.heads[p as usize] = head;
+                        s.set(p, part);
                         s.marked[p as usize] = false;
                         Ok(Some(n))
                     })
@@ -447,22 +510,34 @@ impl PartitionIndex {
         Ok(total)
     }
 
-    /// Recomputes every head from the items of one consistent snapshot and compares it with
-    /// the head served. Meant for a quiet store (writes committing during the check may show
-    /// as mismatches).
+    /// Recomputes every partition's state from the items of one consistent snapshot and
+    /// compares it with the state served, and the id tree with the items' ids and keys. Meant
+    /// for a quiet store (writes committing during the check may show as mismatches).
     pub fn verify(&self, store: &Store) -> Result<VerifyReport, StorageError> {
         let snap = store.snapshot()?;
         let mut report = VerifyReport::default();
         for p in 0..=255u8 {
             let scan = self.scan(&*snap, p)?;
-            let served = self.head(p);
-            if scan.is_empty() && served.is_empty() {
+            let served = lock(&self.state).parts[p as usize].clone();
+            let id_entries = scan_all(&*snap, &self.id_tree, &partition_range(p))?;
+            if scan.is_empty() && served.is_none() && id_entries.is_empty() {
                 continue;
             }
             report.partitions += 1;
             report.items += scan.len() as u64;
-            if scan.head() != served {
+            let computed = PartitionState::of(scan.ids());
+            if served.map(|s| *s).unwrap_or_default() != computed {
                 report.mismatched.push(p);
+            }
+            let listed = id_entries.len() == scan.entries.len()
+                && id_entries
+                    .iter()
+                    .zip(&scan.entries)
+                    .all(|((k, v), (id, key))| {
+                        *k == id_entry_key(p, *id) && v.as_slice() == &**key
+                    });
+            if !listed {
+                report.id_tree_mismatched.push(p);
             }
         }
         Ok(report)
@@ -475,33 +550,58 @@ fn tx_error(e: shoal_storage::TxError<StorageError>) -> StorageError {
     }
 }
 
-fn compute_head(
-    view: &(impl ReadView + ?Sized),
+/// Writes partition `p`'s id tree entries from its items (the id tree's range must be empty)
+/// and returns the state they imply.
+fn index_items(
+    tx: &mut dyn WriteTx,
     table: &str,
+    id_tree: &str,
     key: &IdKey,
     p: Partition,
-) -> Result<Head, StorageError> {
-    let mut head = Head::default();
-    for (k, v) in scan_all(view, table, &partition_range(p))? {
-        head.toggle(key.item_id(&k, &v), false);
+) -> Result<PartitionState, StorageError> {
+    let mut part = PartitionState::default();
+    for (k, v) in scan_all(tx, table, &partition_range(p))? {
+        let id = key.item_id(&k, &v);
+        tx.put(id_tree, &id_entry_key(p, id), &k)?;
+        part.toggle(id, false);
     }
-    Ok(head)
+    Ok(part)
 }
 
-fn store_head(
+fn ids_in(
+    view: &(impl ReadView + ?Sized),
+    id_tree: &str,
+    p: Partition,
+) -> Result<Vec<ItemId>, StorageError> {
+    let mut ids = Vec::new();
+    let mut range = partition_range(p);
+    loop {
+        let page = view.scan(id_tree, &range, Direction::Forward, 8192)?;
+        let full = page.len() == 8192;
+        for (k, _) in &page {
+            ids.push(id_of_entry_key(k)?);
+        }
+        match page.last() {
+            Some((k, _)) if full => range.start = std::ops::Bound::Excluded(k.clone()),
+            _ => return Ok(ids),
+        }
+    }
+}
+
+fn store_state(
     tx: &mut dyn WriteTx,
     head_tree: &str,
     p: Partition,
-    head: &Head,
+    state: &PartitionState,
 ) -> Result<(), StorageError> {
-    if head.is_empty() {
+    if state.is_empty() {
         tx.delete(head_tree, &[p])
     } else {
-        tx.put(head_tree, &[p], &head.encode())
+        tx.put(head_tree, &[p], &state.encode())
     }
 }
 
-/// Persists the settled heads inside `tx`. Runs on the store's writer, so no transaction can
+/// Persists the settled state inside `tx`. Runs on the store's writer, so no transaction can
 /// change the state between the check and the writes; a partition's marker is considered gone
 /// at once, so a later transaction of the same group commit marks it again.
 fn checkpoint_in(
@@ -516,7 +616,10 @@ fn checkpoint_in(
         if !s.marked[i] || s.in_flight[i] > 0 {
             continue;
         }
-        store_head(tx, head_tree, p, &s.heads[i])?;
+        match &s.parts[i] {
+            Some(part) => tx.put(head_tree, &[p], &part.encode())?,
+            None => tx.delete(head_tree, &[p])?,
+        }
         tx.delete(head_tree, &dirty_key(p))?;
         s.marked[i] = false;
         persisted += 1;
@@ -536,12 +639,11 @@ fn scan_all(
 impl ChangeHook for PartitionIndex {
     fn on_change(&self, tx: &mut dyn WriteTx, change: &Change<'_>) -> Result<(), StorageError> {
         let p = partition_of(change.key);
-        let mut delta = Head::default();
-        if let Some(old) = change.old {
-            delta.toggle(self.key.item_id(change.key, old), true);
-        }
-        if let Some(new) = change.new {
-            delta.toggle(self.key.item_id(change.key, new), false);
+        let old = change.old.map(|v| self.key.item_id(change.key, v));
+        let new = change.new.map(|v| self.key.item_id(change.key, v));
+        if old == new {
+            // The same bytes rewritten: nothing the index holds changes.
+            return Ok(());
         }
         // All of this runs on the store's writer: no other transaction or after-commit action
         // interleaves, so the state read here is the state the marker decision is made on.
@@ -553,20 +655,27 @@ impl ChangeHook for PartitionIndex {
         if due {
             checkpoint_in(tx, &self.state, &self.head_tree)?;
         }
+        if let Some(old) = old {
+            tx.delete(&self.id_tree, &id_entry_key(p, old))?;
+        }
+        if let Some(new) = new {
+            tx.put(&self.id_tree, &id_entry_key(p, new), change.key)?;
+        }
         let marks = {
             let mut s = lock(&self.state);
             s.in_flight[p as usize] += 1;
             !s.marked[p as usize]
         };
-        // Until this commit lands, the partition's head is only in memory: the marker, in the
-        // same commit, makes the next open rebuild it if we crash before a checkpoint.
+        // Until this commit lands, the partition's state is only in memory: the marker, in the
+        // same commit, makes the next open recompute it if we crash before a checkpoint.
         if marks {
             tx.put(&self.head_tree, &dirty_key(p), b"")?;
         }
         let pending = PendingChange {
             state: self.state.clone(),
             partition: p,
-            delta,
+            old,
+            new,
             marks,
             committed: false,
         };
@@ -583,15 +692,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn maintained_mini_summary_equals_the_folded_full_summary() {
+    fn a_head_toggled_id_by_id_equals_the_maintained_state_head() {
         let mut head = Head::default();
-        let mut full = Summary::default();
+        let mut state = PartitionState::default();
         for i in 1..5000u64 {
             let id = ItemId(crate::sketch::mix64(i) | 1);
             head.toggle(id, false);
-            full.toggle(id);
+            state.toggle(id, false);
         }
-        assert_eq!(head.mini, full.mini());
-        assert_eq!(Head::decode(&head.encode()).unwrap(), head);
+        assert_eq!(head, state.head());
+    }
+
+    #[test]
+    fn id_tree_keys_order_ids_and_decode_back() {
+        let (a, b) = (ItemId(5), ItemId(u64::MAX - 3));
+        assert!(id_entry_key(9, a) < id_entry_key(9, b));
+        assert_eq!(id_of_entry_key(&id_entry_key(9, b)).unwrap(), b);
+        assert!(id_of_entry_key(&[1, 2, 3]).is_err());
     }
 }

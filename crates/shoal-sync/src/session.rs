@@ -24,16 +24,15 @@
 //! [`SyncError::Protocol`] and changes nothing.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
 
 use crate::estimator::{MINI_SATURATION, MINI_WIRE_BYTES, MiniEstimate, Summary, estimate_mini};
-use crate::index::{Head, PartitionScan};
+use crate::index::Head;
 use crate::protocol::{
     Digest, MAX_CELLS_PER_MESSAGE, MAX_IDS_PER_MESSAGE, MAX_ITEM_BYTES_PER_MESSAGE, Message,
     PROTOCOL_VERSION, WireError, put_varint, take_varint,
 };
 use crate::sketch::{
-    CELL_WIRE_BYTES, Cell, ItemId, WireCell, cells_of, check_of, decode_cells, encode_cells, peel,
+    CELL_WIRE_BYTES, Cell, ItemId, WireCell, check_of, decode_cells, encode_cells, peel,
 };
 
 /// Largest item a session accepts.
@@ -43,27 +42,16 @@ pub const MAX_ITEM_BYTES: u64 = 64 << 20;
 pub trait Replica {
     /// The partition's index head (digest and mini summary).
     fn head(&self) -> Result<Head, SyncError>;
-    /// The partition's ids and keys, read once and kept until [`Replica::apply`] changes the
-    /// partition.
-    fn scan(&self) -> Result<Arc<PartitionScan>, SyncError>;
     /// The encoded item under an engine key, if held.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SyncError>;
     /// Sketch cells `from..to`.
-    fn cells(&self, from: u64, to: u64) -> Result<Vec<Cell>, SyncError> {
-        Ok(cells_of(self.scan()?.ids(), from, to))
-    }
+    fn cells(&self, from: u64, to: u64) -> Result<Vec<Cell>, SyncError>;
     /// Every id of the partition.
-    fn ids(&self) -> Result<Vec<ItemId>, SyncError> {
-        Ok(self.scan()?.ids().collect())
-    }
+    fn ids(&self) -> Result<Vec<ItemId>, SyncError>;
     /// The full difference-size summary.
-    fn summary(&self) -> Result<Summary, SyncError> {
-        Ok(self.scan()?.summary())
-    }
+    fn summary(&self) -> Result<Summary, SyncError>;
     /// The engine key of the item with this id, if held.
-    fn key_of(&self, id: ItemId) -> Result<Option<Vec<u8>>, SyncError> {
-        Ok(self.scan()?.key_of(id).map(<[u8]>::to_vec))
-    }
+    fn key_of(&self, id: ItemId) -> Result<Option<Vec<u8>>, SyncError>;
     /// Whether an item with this id is held.
     fn has(&self, id: ItemId) -> Result<bool, SyncError> {
         Ok(self.key_of(id)?.is_some())

@@ -53,6 +53,11 @@ fn write_items(table: &Table<Items>, from: u32, n: u32) {
 fn assert_heads_match_items(index: &PartitionIndex, store: &Store, items: u64) {
     let report = index.verify(store).unwrap();
     assert!(
+        report.id_tree_mismatched.is_empty(),
+        "partitions whose id tree differs from their items: {:?}",
+        report.id_tree_mismatched
+    );
+    assert!(
         report.mismatched.is_empty(),
         "partitions whose head differs from their items: {:?}",
         report.mismatched
@@ -152,11 +157,17 @@ fn a_corrupted_persisted_head_is_found_by_verify_and_fixed_by_rebuild() {
         let (table, index) = open(&path, 1_000_000);
         write_items(&table, 0, 500);
         index.checkpoint(table.store()).unwrap();
-        // Tamper with one clean partition's persisted head (same length, wrong content).
+        // Tamper with one clean partition's persisted state (same length, wrong content).
         let victim = (0..=255u8).find(|p| index.head(*p).count() > 0).unwrap();
+        let len = table
+            .store()
+            .get(HEAD_TREE, &[victim])
+            .unwrap()
+            .unwrap()
+            .len();
         table
             .store()
-            .transact(move |tx| tx.put(HEAD_TREE, &[victim], &[0x42; 36]))
+            .transact(move |tx| tx.put(HEAD_TREE, &[victim], &vec![0x02; len]))
             .unwrap();
     }
     let (table, index) = open(&path, 1_000_000);

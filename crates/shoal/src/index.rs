@@ -44,15 +44,19 @@ pub fn run(action: Action) -> anyhow::Result<()> {
             let (store, index) = open(&t)?;
             let report = index.verify(&store)?;
             println!(
-                "table {}: {} items in {} partitions checked, {} partitions mismatched, {} rebuilt at open (written since their last checkpoint)",
+                "table {}: {} items in {} partitions checked, {} partitions mismatched, {} id trees mismatched, {} rebuilt at open (written since their last checkpoint)",
                 t.table,
                 report.items,
                 report.partitions,
                 report.mismatched.len(),
+                report.id_tree_mismatched.len(),
                 index.rebuilt_at_open()
             );
-            if !report.mismatched.is_empty() {
-                println!("mismatched partitions: {:?}", report.mismatched);
+            if !report.is_clean() {
+                println!(
+                    "mismatched partitions: {:?}; mismatched id trees: {:?}",
+                    report.mismatched, report.id_tree_mismatched
+                );
                 println!("run `shoal index rebuild` with the same arguments to repair");
                 std::process::exit(1);
             }
