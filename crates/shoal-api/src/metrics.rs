@@ -150,7 +150,7 @@ impl<T: Transport> Collector for NodeCollector<T> {
                 .collect();
             family(&mut encoder, name, help, MetricType::Gauge, rows)?;
         }
-        let counters: [StatField; 12] = [
+        let counters: [StatField; 13] = [
             (
                 "shoal_sync_partitions_synced",
                 "Partition syncs completed",
@@ -198,6 +198,11 @@ impl<T: Transport> Collector for NodeCollector<T> {
                 "shoal_sync_bytes_received",
                 "Bytes received by sync sessions",
                 |s| s.bytes_received,
+            ),
+            (
+                "shoal_sync_wire_bytes",
+                "Bytes on the wire of this node's sync sessions, both ways, with their SyncStep, RPC and Noise framing",
+                |s| s.wire_bytes,
             ),
             (
                 "shoal_sync_panics",

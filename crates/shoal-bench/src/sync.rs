@@ -20,7 +20,7 @@ use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use shoal_storage::Store;
-use shoal_sync::driver::sync_pair_timed;
+use shoal_sync::driver::{Leg, sync_pair_recorded};
 use shoal_sync::ids::IdKey;
 use shoal_sync::index::{Partition, PartitionIndex, partition_of};
 use shoal_sync::replica::TableReplica;
@@ -96,9 +96,17 @@ pub struct Args {
     /// Bytes of each item's value.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
-    /// Seed of the generated data.
+    /// Seed of the generated data (the first one, with `--seeds`).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Data seeds per cell: every cell runs on seeds `seed..seed+seeds` (a new base replica and
+    /// a new choice of differing items for each), one row per seed.
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// The published matrix: n ∈ {10⁴, 10⁵, 10⁶} × d ∈ {0, 1, 10, 100, 1000, 1%, 10%} × every
+    /// kind of difference (overrides `--n`, `--d` and `--diff`).
+    #[arg(long)]
+    matrix: bool,
     /// Strategies to run (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "shoal,seed,negentropy")]
     strategies: Vec<Strategy>,
@@ -110,11 +118,15 @@ pub struct Args {
 #[derive(Serialize)]
 struct Row {
     strategy: &'static str,
+    seed: u64,
     n: u64,
     d: u64,
     diff: DiffKind,
     bytes_a_to_b: u64,
     bytes_b_to_a: u64,
+    /// Bytes a cluster would carry for the session, both ways: the messages in their
+    /// `SyncStep`s, RPC envelopes and Noise frames (Shoal's strategy only).
+    wire_bytes: u64,
     meta_bytes: u64,
     item_bytes: u64,
     round_trips: u64,
@@ -124,7 +136,31 @@ struct Row {
     converged: bool,
     cpu_ms_a: f64,
     cpu_ms_b: f64,
+    /// What each side read from storage (Shoal's strategy only).
+    reads_a: Reads,
+    reads_b: Reads,
     wall_ms: f64,
+}
+
+/// Storage reads of one side of a session.
+#[derive(Serialize, Default, Clone, Copy)]
+struct Reads {
+    /// Ids listed from the id tree.
+    ids_listed: u64,
+    /// Point reads of the id tree.
+    id_lookups: u64,
+    /// Items read from the table.
+    items_read: u64,
+}
+
+impl From<shoal_sync::replica::ReadStats> for Reads {
+    fn from(r: shoal_sync::replica::ReadStats) -> Self {
+        Reads {
+            ids_listed: r.ids_listed,
+            id_lookups: r.id_lookups,
+            items_read: r.items_read,
+        }
+    }
 }
 
 fn cpu_clock() -> Duration {
@@ -221,53 +257,82 @@ fn lower_bound_for(lacks: [u64; 2], id_bits: f64) -> u64 {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
-    for &n in &args.n {
-        let keys = sort_keys(n, args.seed);
-        let base = work.path().join(format!("base-{n}.redb"));
-        let t = Instant::now();
-        build_base(&base, &keys, args.value_size, args.seed)?;
-        eprintln!(
-            "built base replica of {n} items in {:.1} s",
-            t.elapsed().as_secs_f64()
-        );
-        for d_spec in &args.d {
-            let d = parse_d(d_spec, n)?.min(n);
-            for &kind in &args.diff {
-                let (a_path, b_path, lacks) =
-                    prepare_cell(work.path(), &base, &keys, n, d, kind, args)?;
-                for &strategy in &args.strategies {
-                    let row =
-                        run_strategy(work.path(), &a_path, &b_path, strategy, n, d, kind, lacks)?;
-                    if args.json {
-                        println!("{}", serde_json::to_string(&row)?);
-                    } else {
-                        println!(
-                            "{:<10} n={:<8} d={:<6} {:<9} meta {:>10} B ({:>6.2}x LB)  items {:>10} B  rt {:>3}  overfetch {}  converged {}  cpu {:.0}/{:.0} ms  wall {:.0} ms",
-                            row.strategy,
+    let (ns, ds, kinds) = if args.matrix {
+        (
+            vec![10_000, 100_000, 1_000_000],
+            ["0", "1", "10", "100", "1000", "1%", "10%"]
+                .map(String::from)
+                .to_vec(),
+            vec![DiffKind::OneSided, DiffKind::TwoSided, DiffKind::Modified],
+        )
+    } else {
+        (args.n.clone(), args.d.clone(), args.diff.clone())
+    };
+    for &n in &ns {
+        for seed in args.seed..args.seed + args.seeds.max(1) {
+            let keys = sort_keys(n, seed);
+            let base = work.path().join(format!("base-{n}.redb"));
+            let t = Instant::now();
+            build_base(&base, &keys, args.value_size, seed)?;
+            eprintln!(
+                "built base replica of {n} items (seed {seed}) in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
+            for d_spec in &ds {
+                let d = parse_d(d_spec, n)?.min(n);
+                for &kind in &kinds {
+                    let (a_path, b_path, lacks) =
+                        prepare_cell(work.path(), &base, &keys, n, d, kind, args, seed)?;
+                    for &strategy in &args.strategies {
+                        let mut row = run_strategy(
+                            work.path(),
+                            &a_path,
+                            &b_path,
+                            strategy,
                             n,
                             d,
-                            format!("{kind:?}"),
-                            row.meta_bytes,
-                            if row.lb_bytes > 0 {
-                                row.meta_bytes as f64 / row.lb_bytes as f64
-                            } else {
-                                0.0
-                            },
-                            row.item_bytes,
-                            row.round_trips,
-                            row.overfetched_items,
-                            row.converged,
-                            row.cpu_ms_a,
-                            row.cpu_ms_b,
-                            row.wall_ms
-                        );
+                            kind,
+                            lacks,
+                        )?;
+                        row.seed = seed;
+                        print_row(&row, args.json)?;
                     }
+                    std::fs::remove_file(&a_path)?;
+                    std::fs::remove_file(&b_path)?;
                 }
-                std::fs::remove_file(&a_path)?;
-                std::fs::remove_file(&b_path)?;
             }
+            std::fs::remove_file(&base)?;
         }
-        std::fs::remove_file(&base)?;
+    }
+    Ok(())
+}
+
+fn print_row(row: &Row, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(row)?);
+    } else {
+        println!(
+            "{:<10} n={:<8} d={:<6} {:<9} seed {:<3} meta {:>10} B ({:>6.2}x LB)  items {:>10} B  wire {:>10} B  rt {:>3}  overfetch {}  converged {}  cpu {:.1}/{:.1} ms  wall {:.0} ms",
+            row.strategy,
+            row.n,
+            row.d,
+            format!("{:?}", row.diff),
+            row.seed,
+            row.meta_bytes,
+            if row.lb_bytes > 0 {
+                row.meta_bytes as f64 / row.lb_bytes as f64
+            } else {
+                0.0
+            },
+            row.item_bytes,
+            row.wire_bytes,
+            row.round_trips,
+            row.overfetched_items,
+            row.converged,
+            row.cpu_ms_a,
+            row.cpu_ms_b,
+            row.wall_ms
+        );
     }
     Ok(())
 }
@@ -281,13 +346,14 @@ fn prepare_cell(
     d: u64,
     kind: DiffKind,
     args: &Args,
+    seed: u64,
 ) -> anyhow::Result<(PathBuf, PathBuf, [u64; 2])> {
     let (a_path, b_path) = (dir.join("cell-a.redb"), dir.join("cell-b.redb"));
     std::fs::copy(base, &a_path)?;
     std::fs::copy(base, &b_path)?;
     let (a, b) = (open(&a_path)?, open(&b_path)?);
     // The differing items: a seeded choice among the keys.
-    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed ^ d ^ (n << 8));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ d ^ (n << 8));
     let mut chosen: Vec<usize> =
         rand::seq::index::sample(&mut rng, n as usize, d as usize).into_vec();
     chosen.sort_unstable();
@@ -322,6 +388,31 @@ fn prepare_cell(
         }
     };
     Ok((a_path, b_path, lacks))
+}
+
+/// What a cluster would carry for a session with these legs (as a session of its K2V item table,
+/// `k2v`): each initiator leg is one `sync`
+/// call, answered by the responder's next leg (an empty reply when it had nothing to say).
+fn cluster_wire_bytes(legs: &[Leg], p: Partition) -> u64 {
+    let mut total = 0;
+    let mut i = 0;
+    while i < legs.len() {
+        let request: &[usize] = if legs[i].from_initiator {
+            i += 1;
+            &legs[i - 1].messages
+        } else {
+            &[]
+        };
+        let reply: &[usize] = match legs.get(i) {
+            Some(l) if !l.from_initiator => {
+                i += 1;
+                &l.messages
+            }
+            _ => &[],
+        };
+        total += shoal_cluster::node::sync_call_wire_bytes("k2v", p, request, reply);
+    }
+    total
 }
 
 fn partition() -> Partition {
@@ -365,11 +456,13 @@ fn run_strategy(
     let start = Instant::now();
     let mut row = Row {
         strategy: "",
+        seed: 0,
         n,
         d,
         diff: kind,
         bytes_a_to_b: 0,
         bytes_b_to_a: 0,
+        wire_bytes: 0,
         meta_bytes: 0,
         item_bytes: 0,
         round_trips: 0,
@@ -379,11 +472,15 @@ fn run_strategy(
         converged: false,
         cpu_ms_a: 0.0,
         cpu_ms_b: 0.0,
+        reads_a: Reads::default(),
+        reads_b: Reads::default(),
         wall_ms: 0.0,
     };
     match strategy {
         Strategy::Shoal => {
-            let t = sync_pair_timed(&ra, &rb, &cpu_clock)?;
+            let mut legs = Vec::new();
+            let t = sync_pair_recorded(&ra, &rb, &cpu_clock, &mut legs)?;
+            row.wire_bytes = cluster_wire_bytes(&legs, p);
             row.wall_ms = start.elapsed().as_secs_f64() * 1e3;
             row.strategy = "shoal";
             row.bytes_a_to_b = t.bytes_a_to_b;
@@ -393,6 +490,8 @@ fn run_strategy(
             row.overfetched_items = t.a.items_identical + t.b.items_identical;
             row.cpu_ms_a = t.time_a.as_secs_f64() * 1e3;
             row.cpu_ms_b = t.time_b.as_secs_f64() * 1e3;
+            row.reads_a = ra.reads().into();
+            row.reads_b = rb.reads().into();
             row.converged = converged(&ra, &rb)? && ra.head()? == rb.head()?;
         }
         Strategy::Seed => {

@@ -263,6 +263,10 @@ pub struct SyncerStats {
     pub bytes_sent: u64,
     /// Sync bytes this node's sessions received.
     pub bytes_received: u64,
+    /// Bytes this node's sessions put on the wire both ways, with the framing that carries
+    /// them (`SyncStep`, RPC envelope, Noise frames; not TCP/IP headers).
+    #[serde(default)]
+    pub wire_bytes: u64,
     /// Sync sessions this node started.
     pub sessions: u64,
     /// Tombstones collected (removed from every replica) by this node.
@@ -507,6 +511,25 @@ struct SyncStep {
     partition: u8,
     session: u64,
     messages: Vec<ByteBuf>,
+}
+
+/// Bytes one sync call occupies on the wire between two nodes: the initiator's leg (messages of
+/// the given encoded sizes) in a `SyncStep` request, the responder's leg as its reply, each in
+/// its RPC envelope and Noise frames (session numbers taken as 32-bit). What the in-process
+/// benchmark adds to a session's messages to report the bytes a cluster would carry.
+pub fn sync_call_wire_bytes(table: &str, partition: u8, request: &[usize], reply: &[usize]) -> u64 {
+    let step = SyncStep {
+        table: table.to_string(),
+        partition,
+        session: u64::from(u32::MAX),
+        messages: request
+            .iter()
+            .map(|&n| ByteBuf::from(vec![0u8; n]))
+            .collect(),
+    };
+    let reply: Vec<ByteBuf> = reply.iter().map(|&n| ByteBuf::from(vec![0u8; n])).collect();
+    shoal_net::rpc::request_wire_bytes("sync", encode(&step).len())
+        + shoal_net::rpc::response_wire_bytes(encode(&reply).len())
 }
 
 /// A responder session: the initiator and its session number.
@@ -1924,7 +1947,10 @@ impl<T: Transport> Node<T> {
                 session: session_id,
                 messages: outgoing.into_iter().map(ByteBuf::from).collect(),
             };
-            let reply = self.net().call(peer, "sync", encode(&step)).await?;
+            let body = encode(&step);
+            transcript.wire_bytes += shoal_net::rpc::request_wire_bytes("sync", body.len());
+            let reply = self.net().call(peer, "sync", body).await?;
+            transcript.wire_bytes += shoal_net::rpc::response_wire_bytes(reply.len());
             let replies: Vec<ByteBuf> = rmp_serde::from_slice(&reply)
                 .map_err(|e| PeerSyncError::Malformed(e.to_string()))?;
             if !replies.is_empty() {
@@ -2229,6 +2255,7 @@ impl<T: Transport> Node<T> {
                             s.items_sent += tr.a.items_sent;
                             s.bytes_sent += tr.bytes_a_to_b;
                             s.bytes_received += tr.bytes_b_to_a;
+                            s.wire_bytes += tr.wire_bytes;
                             s.sessions += 1;
                         })
                     }
@@ -2292,6 +2319,7 @@ impl<T: Transport> Node<T> {
                 s.items_sent += tr.a.items_sent;
                 s.bytes_sent += tr.bytes_a_to_b;
                 s.bytes_received += tr.bytes_b_to_a;
+                s.wire_bytes += tr.wire_bytes;
                 s.sessions += 1;
             });
         }

@@ -46,6 +46,14 @@ pub enum HandshakeError {
     Timeout,
 }
 
+/// Bytes a message of `len` bytes occupies on the connection when sealed by itself: its
+/// 4-byte length, cut into frames of at most [`MAX_PLAINTEXT`] bytes, each with its 4-byte
+/// frame length and 16-byte tag.
+pub fn sealed_len(len: usize) -> usize {
+    let plain = 4 + len;
+    plain + plain.div_ceil(MAX_PLAINTEXT) * (4 + TAG_LEN)
+}
+
 /// A connection's frames.
 pub type FramedStream<S> = Framed<S, LengthDelimitedCodec>;
 
@@ -352,6 +360,25 @@ mod tests {
                 opened.extend(opener.push(&rx, f).unwrap());
             }
             assert_eq!(opened, messages, "grouping {grouping:?}");
+        }
+    }
+
+    #[test]
+    fn sealed_len_counts_the_frames_a_message_is_sealed_into() {
+        let (a, _b) = pair();
+        for len in [
+            0usize,
+            10,
+            MAX_PLAINTEXT - 4,
+            MAX_PLAINTEXT - 3,
+            3 * MAX_PLAINTEXT,
+        ] {
+            let mut sealer = Sealer::default();
+            sealer.queue(&vec![0u8; len]);
+            let mut frames = Vec::new();
+            sealer.seal(&a, &mut frames);
+            let on_wire: usize = frames.iter().map(|f| 4 + f.len()).sum();
+            assert_eq!(sealed_len(len), on_wire, "message of {len} bytes");
         }
     }
 

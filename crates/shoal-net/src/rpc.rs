@@ -22,8 +22,8 @@ use crate::transport::Transport;
 // The envelope every request and reply travels in, and its encoding.
 mod envelope;
 
-pub use envelope::check_message;
 use envelope::{Envelope, EnvelopeOut, encode_response};
+pub use envelope::{check_message, request_wire_bytes, response_wire_bytes};
 
 /// Bytes of queued messages a connection's writer seals before one flush.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;

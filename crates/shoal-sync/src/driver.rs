@@ -14,6 +14,10 @@ pub struct Transcript {
     pub bytes_a_to_b: u64,
     /// Encoded bytes from the responder to the initiator.
     pub bytes_b_to_a: u64,
+    /// Bytes on the wire with the carrier's framing (in a cluster: the `SyncStep` of each leg,
+    /// the RPC envelope, the Noise frames' lengths and tags); 0 where the carrier does not
+    /// count it (the in-process driver: see [`Leg`] to compute it).
+    pub wire_bytes: u64,
     /// Item payload bytes as they travelled (compressed when they went compressed), both ways:
     /// the rest of the bytes is metadata.
     pub item_bytes: u64,
@@ -49,6 +53,15 @@ impl Transcript {
     }
 }
 
+/// One side's uninterrupted stream: the sizes of its encoded messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leg {
+    /// Whether the initiator sent it.
+    pub from_initiator: bool,
+    /// Encoded size of each message.
+    pub messages: Vec<usize>,
+}
+
 /// Syncs `a` (initiator) with `b` (responder) to completion, through encoded messages.
 pub fn sync_pair(a: &dyn Replica, b: &dyn Replica) -> Result<Transcript, SyncError> {
     sync_pair_timed(a, b, &|| Duration::ZERO)
@@ -61,7 +74,19 @@ pub fn sync_pair_timed(
     b: &dyn Replica,
     clock: &dyn Fn() -> Duration,
 ) -> Result<Transcript, SyncError> {
+    sync_pair_recorded(a, b, clock, &mut Vec::new())
+}
+
+/// [`sync_pair_timed`], also recording every leg in `legs` (so that a caller can compute
+/// what a carrier's framing adds).
+pub fn sync_pair_recorded(
+    a: &dyn Replica,
+    b: &dyn Replica,
+    clock: &dyn Fn() -> Duration,
+    legs: &mut Vec<Leg>,
+) -> Result<Transcript, SyncError> {
     let mut t = Transcript::default();
+    let mut leg = Vec::new();
     let timed = |acc: &mut Duration, f: &mut dyn FnMut() -> Result<(), SyncError>| {
         let start = clock();
         let r = f();
@@ -84,7 +109,7 @@ pub fn sync_pair_timed(
                 Ok(())
             })?;
             let Some(m) = next else { break };
-            let mut msg = Some(carry(&mut t, &m, true)?);
+            let mut msg = Some(carry(&mut t, &m, true, &mut leg)?);
             sent = true;
             timed(&mut t.time_b, &mut || {
                 let msg = msg.take().expect("delivered once");
@@ -97,6 +122,10 @@ pub fn sync_pair_timed(
         }
         if sent {
             t.legs += 1;
+            legs.push(Leg {
+                from_initiator: true,
+                messages: std::mem::take(&mut leg),
+            });
         }
         let mut answered = false;
         if let Some(s) = rb.as_mut() {
@@ -107,7 +136,7 @@ pub fn sync_pair_timed(
                     Ok(())
                 })?;
                 let Some(m) = next else { break };
-                let mut msg = Some(carry(&mut t, &m, false)?);
+                let mut msg = Some(carry(&mut t, &m, false, &mut leg)?);
                 answered = true;
                 timed(&mut t.time_a, &mut || {
                     ia.receive(a, msg.take().expect("delivered once"))
@@ -116,6 +145,10 @@ pub fn sync_pair_timed(
         }
         if answered {
             t.legs += 1;
+            legs.push(Leg {
+                from_initiator: false,
+                messages: std::mem::take(&mut leg),
+            });
         }
         if !sent && !answered {
             break;
@@ -137,8 +170,14 @@ pub fn sync_pair_timed(
     Ok(t)
 }
 
-fn carry(t: &mut Transcript, m: &Message, a_to_b: bool) -> Result<Message, SyncError> {
+fn carry(
+    t: &mut Transcript,
+    m: &Message,
+    a_to_b: bool,
+    leg: &mut Vec<usize>,
+) -> Result<Message, SyncError> {
     let bytes = m.encode();
+    leg.push(bytes.len());
     tracing::trace!(
         direction = if a_to_b { "a->b" } else { "b->a" },
         bytes = bytes.len(),

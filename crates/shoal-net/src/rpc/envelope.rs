@@ -72,6 +72,37 @@ impl Envelope {
     }
 }
 
+/// MessagePack's header of a `bin` of `len` bytes.
+fn bin_header(len: usize) -> usize {
+    match len {
+        0..=0xff => 2,
+        0x100..=0xffff => 3,
+        _ => 5,
+    }
+}
+
+/// Bytes a request with a body of `body_len` bytes to `endpoint` occupies on a connection, sent
+/// by itself: the envelope (request ids taken as 32-bit: a connection's ids count up from 0)
+/// and the Noise frames that carry it (see [`crate::noise::sealed_len`]). TCP/IP headers are not
+/// counted.
+pub fn request_wire_bytes(endpoint: &str, body_len: usize) -> u64 {
+    let empty = EnvelopeOut::Request {
+        id: u64::from(u32::MAX),
+        endpoint,
+        body: serde_bytes::Bytes::new(&[]),
+    }
+    .encode()
+    .len();
+    crate::noise::sealed_len(empty - bin_header(0) + bin_header(body_len) + body_len) as u64
+}
+
+/// Bytes a successful reply with a body of `body_len` bytes occupies on a connection, as
+/// [`request_wire_bytes`] counts them.
+pub fn response_wire_bytes(body_len: usize) -> u64 {
+    let empty = encode_response(u64::from(u32::MAX), &Ok(Vec::new())).len();
+    crate::noise::sealed_len(empty - bin_header(0) + bin_header(body_len) + body_len) as u64
+}
+
 /// Decodes one RPC message (after decryption and reassembly) as the reader does, and says
 /// whether it is well formed: the entry point of the RPC decoder's fuzz target.
 pub fn check_message(bytes: &[u8]) -> Result<(), String> {
@@ -87,6 +118,28 @@ mod tests {
         let mut out = vec![RPC_VERSION];
         rmp_serde::encode::write_named(&mut out, e).expect("encodes");
         out
+    }
+
+    #[test]
+    fn wire_sizes_are_the_sizes_of_the_sealed_messages() {
+        for len in [0usize, 1, 255, 256, 65_535, 65_536, 200_000] {
+            let body = vec![1u8; len];
+            let request = EnvelopeOut::Request {
+                id: u64::from(u32::MAX),
+                endpoint: "sync",
+                body: serde_bytes::Bytes::new(&body),
+            }
+            .encode();
+            assert_eq!(
+                request_wire_bytes("sync", len),
+                crate::noise::sealed_len(request.len()) as u64
+            );
+            let response = encode_response(u64::from(u32::MAX), &Ok(body));
+            assert_eq!(
+                response_wire_bytes(len),
+                crate::noise::sealed_len(response.len()) as u64
+            );
+        }
     }
 
     #[test]
