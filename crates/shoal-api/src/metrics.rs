@@ -150,7 +150,7 @@ impl<T: Transport> Collector for NodeCollector<T> {
                 .collect();
             family(&mut encoder, name, help, MetricType::Gauge, rows)?;
         }
-        let counters: [StatField; 13] = [
+        let counters: [StatField; 14] = [
             (
                 "shoal_sync_partitions_synced",
                 "Partition syncs completed",
@@ -198,6 +198,11 @@ impl<T: Transport> Collector for NodeCollector<T> {
                 "shoal_sync_bytes_received",
                 "Bytes received by sync sessions",
                 |s| s.bytes_received,
+            ),
+            (
+                "shoal_sync_cpu_microseconds",
+                "Thread CPU time of this node's sync work off the async workers (sessions started or answered, offloads)",
+                |s| s.cpu_us,
             ),
             (
                 "shoal_sync_wire_bytes",

@@ -13,6 +13,7 @@ mod peers;
 mod procs;
 mod storage;
 mod sync;
+mod syncload;
 
 use clap::{Parser, Subcommand};
 
@@ -43,6 +44,9 @@ enum Command {
     /// The K2V conformance suite against Shoal and Garage side by side (bench/prepare-peers.sh
     /// builds Garage).
     Conformance(conformance::Args),
+    /// The syncer's share of a node's CPU under steady durable writes, one node cut off every
+    /// 30 s (root: iptables).
+    Syncload(syncload::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,5 +58,6 @@ fn main() -> anyhow::Result<()> {
         Command::Cluster(args) => cluster::run(&args),
         Command::Overload(args) => overload::run(&args),
         Command::Conformance(args) => conformance::run(&args),
+        Command::Syncload(args) => syncload::run(&args),
     }
 }

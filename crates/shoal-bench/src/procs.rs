@@ -86,6 +86,24 @@ impl ShoalCluster {
         replication_factor: usize,
         bucket: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_with(
+            dir,
+            specs,
+            replication_factor,
+            bucket,
+            "heartbeat_ms = 500\nsync_start_delay_ms = 1000\n",
+        )
+    }
+
+    /// [`ShoalCluster::start`] with `settings` (TOML lines) instead of [`NON_DEFAULT_SETTINGS`]:
+    /// an empty string runs every node at its defaults.
+    pub fn start_with(
+        dir: &Path,
+        specs: Vec<NodeSpec>,
+        replication_factor: usize,
+        bucket: &str,
+        settings: &str,
+    ) -> anyhow::Result<Self> {
         let bin = shoal_binary()?;
         std::fs::create_dir_all(dir)?;
         let secret = hex32();
@@ -105,7 +123,7 @@ impl ShoalCluster {
                 format!(
                     "data_dir = \"{}\"\nrpc_bind_addr = \"{ip}:{p}\"\nrpc_secret = \"{secret}\"\n\
                      bootstrap_peers = [{}]\nreplication_factor = {replication_factor}\n\
-                     heartbeat_ms = 500\nsync_start_delay_ms = 1000\n\
+                     {settings}\
                      api_bind_addr = \"{ip}:{}\"\nadmin_bind_addr = \"{ip}:{}\"\n\
                      admin_token = \"{token}\"\n",
                     spec.data_dir.display(),

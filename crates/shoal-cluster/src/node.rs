@@ -269,6 +269,10 @@ pub struct SyncerStats {
     pub wire_bytes: u64,
     /// Sync sessions this node started.
     pub sessions: u64,
+    /// Thread CPU time, in microseconds, of this node's sync work (sessions it started or
+    /// answered, offloads, work-list scans) off the async workers.
+    #[serde(default)]
+    pub cpu_us: u64,
     /// Tombstones collected (removed from every replica) by this node.
     #[serde(default)]
     pub tombstones_collected: u64,
@@ -819,6 +823,26 @@ impl<T: Transport> Node<T> {
                     .map_err(|e| BlockingFailed(e.to_string()))
             }
         }
+    }
+
+    /// [`Node::blocking`] for sync work of `table`: the thread CPU time the work took is added
+    /// to the table's [`SyncerStats::cpu_us`], so that the syncer's share of the node's CPU can
+    /// be read (what runs on the async workers, encoding and RPC, is not counted).
+    async fn blocking_sync<R: Send + 'static>(
+        &self,
+        table: &str,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, BlockingFailed> {
+        let (r, cpu) = self
+            .blocking(move || {
+                let start = cpu_time::ThreadTime::now();
+                let r = f();
+                (r, start.elapsed())
+            })
+            .await?;
+        let us = u64::try_from(cpu.as_micros()).unwrap_or(u64::MAX);
+        self.bump(table, |s| s.cpu_us = s.cpu_us.saturating_add(us));
+        Ok(r)
     }
 
     /// Wall-clock milliseconds, from the configured clock.
@@ -1814,8 +1838,9 @@ impl<T: Transport> Node<T> {
             }
         };
         // Storage work (scans, durable merges) runs off the async workers.
+        let table_name = step.table.clone();
         let result = self
-            .blocking(move || {
+            .blocking_sync(&table_name, move || {
                 let mut session = session;
                 for raw in step.messages {
                     let msg = Message::decode(&raw).map_err(|e| e.to_string())?;
@@ -1919,7 +1944,7 @@ impl<T: Transport> Node<T> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let replica = t.replica(p);
         let (mut session, mut replica, mut outgoing) = self
-            .blocking(move || -> Result<_, SyncError> {
+            .blocking_sync(table, move || -> Result<_, SyncError> {
                 let mut s = if push_only {
                     Session::initiate_push_only(&*replica)?
                 } else {
@@ -1962,7 +1987,7 @@ impl<T: Transport> Node<T> {
                 .map(|m| Message::encoded_item_bytes(m))
                 .sum::<u64>();
             let (s, r, out) = self
-                .blocking(move || -> Result<_, SyncError> {
+                .blocking_sync(table, move || -> Result<_, SyncError> {
                     for raw in replies {
                         session.receive(&*replica, Message::decode(&raw)?)?;
                     }
@@ -2300,7 +2325,7 @@ impl<T: Transport> Node<T> {
         // Offload: this node no longer stores the partition.
         let t2 = t.clone();
         let snapshot = self
-            .blocking(move || t2.scan_partition(w.partition))
+            .blocking_sync(table, move || t2.scan_partition(w.partition))
             .await
             .map_err(|e| e.to_string())??;
         if snapshot.is_empty() {
@@ -2329,7 +2354,7 @@ impl<T: Transport> Node<T> {
         }
         let t2 = t.clone();
         let left = self
-            .blocking(move || {
+            .blocking_sync(table, move || {
                 t2.delete_if_unchanged(snapshot)?;
                 t2.has_data(w.partition)
             })
