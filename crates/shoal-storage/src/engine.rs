@@ -117,6 +117,31 @@ pub trait ReadView {
         direction: Direction,
         limit: usize,
     ) -> Result<Entries, StorageError>;
+
+    /// Calls `f` with every key of `tree` within `range`, ascending, from one consistent state
+    /// where the engine allows it; stops early when `f` returns `false`. Engines that can lend
+    /// their keys (redb) copy nothing; the default pages through [`ReadView::scan`].
+    fn for_each_key(
+        &self,
+        tree: &str,
+        range: &KeyRange,
+        f: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        let mut range = range.clone();
+        loop {
+            let page = self.scan(tree, &range, Direction::Forward, 4096)?;
+            let full = page.len() == 4096;
+            for (k, _) in &page {
+                if !f(k) {
+                    return Ok(());
+                }
+            }
+            match page.last() {
+                Some((k, _)) if full => range.start = Bound::Excluded(k.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
 }
 
 /// A write transaction: reads see the transaction's own writes.

@@ -713,6 +713,27 @@ impl ReadView for RedbSnapshot {
         Ok(t.get(key).map_err(map_err)?.map(|v| v.value().to_vec()))
     }
 
+    fn for_each_key(
+        &self,
+        tree: &str,
+        range: &KeyRange,
+        f: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        let Some(t) = self.table(tree)? else {
+            return Ok(());
+        };
+        if range.is_empty() {
+            return Ok(());
+        }
+        for e in t.range::<&[u8]>(range.as_bounds()).map_err(map_err)? {
+            let (k, _) = e.map_err(map_err)?;
+            if !f(k.value()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn scan(
         &self,
         tree: &str,
@@ -760,6 +781,15 @@ impl ReadView for RedbEngine {
         limit: usize,
     ) -> Result<Entries, StorageError> {
         self.read()?.scan(tree, range, direction, limit)
+    }
+
+    fn for_each_key(
+        &self,
+        tree: &str,
+        range: &KeyRange,
+        f: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        self.read()?.for_each_key(tree, range, f)
     }
 }
 

@@ -423,3 +423,50 @@ fn scan_model(
         Direction::Backward => it.rev().take(limit).collect(),
     }
 }
+
+#[test]
+fn for_each_key_lists_the_keys_a_scan_returns_and_stops_when_told() {
+    for (s, _d) in engines() {
+        s.transact(|tx| {
+            // More than one page of the default implementation (4,096 keys).
+            for i in 0u16..5000 {
+                tx.put("t", &i.to_be_bytes(), b"v")?;
+            }
+            Ok::<_, StorageError>(())
+        })
+        .unwrap();
+        let engine = s.engine();
+        for range in [
+            KeyRange::all(),
+            KeyRange::half_open(100u16.to_be_bytes(), 4900u16.to_be_bytes()),
+            KeyRange::prefix(&[3]),
+            KeyRange::half_open(vec![9], vec![9]),
+        ] {
+            let mut listed = Vec::new();
+            engine
+                .for_each_key("t", &range, &mut |k| {
+                    listed.push(k.to_vec());
+                    true
+                })
+                .unwrap();
+            let scanned: Vec<Vec<u8>> = s
+                .scan("t", &range, Direction::Forward, usize::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(listed, scanned, "{range:?}");
+        }
+        let mut seen = 0;
+        engine
+            .for_each_key("t", &KeyRange::all(), &mut |_| {
+                seen += 1;
+                seen < 10
+            })
+            .unwrap();
+        assert_eq!(seen, 10, "stops at the first false");
+        engine
+            .for_each_key("never", &KeyRange::all(), &mut |_| panic!("no keys"))
+            .unwrap();
+    }
+}

@@ -574,17 +574,24 @@ fn ids_in(
     p: Partition,
 ) -> Result<Vec<ItemId>, StorageError> {
     let mut ids = Vec::new();
-    let mut range = partition_range(p);
-    loop {
-        let page = view.scan(id_tree, &range, Direction::Forward, 8192)?;
-        let full = page.len() == 8192;
-        for (k, _) in &page {
-            ids.push(id_of_entry_key(k)?);
-        }
-        match page.last() {
-            Some((k, _)) if full => range.start = std::ops::Bound::Excluded(k.clone()),
-            _ => return Ok(ids),
-        }
+    let mut bad = None;
+    view.for_each_key(
+        id_tree,
+        &partition_range(p),
+        &mut |k| match id_of_entry_key(k) {
+            Ok(id) => {
+                ids.push(id);
+                true
+            }
+            Err(e) => {
+                bad = Some(e);
+                false
+            }
+        },
+    )?;
+    match bad {
+        Some(e) => Err(e),
+        None => Ok(ids),
     }
 }
 

@@ -130,10 +130,42 @@ pub fn apply_id(cells: &mut [Cell], offset: u64, id: ItemId, remove: bool) {
 }
 
 /// Cells `from..to` of the set `ids`.
+///
+/// An id's indices form a chain (each drawn from the previous, through a division and a square
+/// root), so one chain at a time waits on every step's latency. Eight ids are walked side by
+/// side instead: their chains are independent and the processor overlaps them (measured by
+/// the `cells_speed` example: about 2× fewer nanoseconds per id). The cells are the same: a
+/// cell is a XOR and a count, whatever the order of the ids.
 pub fn cells_of(ids: impl IntoIterator<Item = ItemId>, from: u64, to: u64) -> Vec<Cell> {
+    const LANES: usize = 8;
     let mut cells = vec![Cell::default(); to.saturating_sub(from) as usize];
-    for id in ids {
-        apply_id(&mut cells, from, id, false);
+    if cells.is_empty() {
+        return cells;
+    }
+    let mut ids = ids.into_iter();
+    let mut lanes: Vec<(ItemId, CellIndices)> = ids
+        .by_ref()
+        .take(LANES)
+        .map(|id| (id, CellIndices::of(id)))
+        .collect();
+    while !lanes.is_empty() {
+        let mut l = 0;
+        while l < lanes.len() {
+            let (id, indices) = &mut lanes[l];
+            let i = indices.next().expect("an id's indices never end");
+            if i >= to {
+                match ids.next() {
+                    Some(next) => lanes[l] = (next, CellIndices::of(next)),
+                    None => {
+                        lanes.swap_remove(l);
+                        continue;
+                    }
+                }
+            } else if i >= from {
+                cells[(i - from) as usize].toggle(*id, false);
+            }
+            l += 1;
+        }
     }
     cells
 }
