@@ -13,7 +13,7 @@
 //! So a session's work follows the difference, not the partition: equal partitions compare two
 //! digests; a difference of `d` ids costs about `1.4·d` cells read from memory and `d` point
 //! reads. Only a difference too large for the maintained cells (or the id-list fallback) reads
-//! the partition's ids, from the id tree.
+//! the partition's ids, from the id map.
 //!
 //! The index can never lag the items: the in-memory cells, summary and id delta are updated by
 //! the commit's after-commit action before the write is acknowledged. A sync can never declare
@@ -262,7 +262,7 @@ fn lock(state: &Mutex<IndexState>) -> std::sync::MutexGuard<'_, IndexState> {
 
 impl PartitionIndex {
     /// Opens the index of `table` in `store`, ids keyed by `key`: loads the persisted state and
-    /// recomputes every partition marked dirty (builds the whole index, id tree included, for a
+    /// recomputes every partition marked dirty (builds the whole index, id map included, for a
     /// table never indexed or indexed by an older format). Blocks: from async code use
     /// [`PartitionIndex::open_async`].
     pub fn open(
@@ -446,7 +446,7 @@ impl PartitionIndex {
     }
 
     /// Reads partition `p`'s items and computes their ids (the ground truth the index is checked
-    /// against; sessions use the id tree).
+    /// against; sessions use the id map).
     pub fn scan(&self, view: &dyn ReadView, p: Partition) -> Result<PartitionScan, StorageError> {
         let mut entries = Vec::new();
         let mut range = partition_range(p);

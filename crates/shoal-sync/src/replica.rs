@@ -1,8 +1,8 @@
 //! [`TableReplica`]: a table's partition, with its index, as a session's [`Replica`].
 //!
 //! Everything a session asks is answered from the index (see [`crate::index`]): the head, the
-//! first cells and the summary from memory, an id's item by one point read of the id tree and
-//! one of the table. Only cells beyond the maintained ones and the id-list fallback read the
+//! first cells and the summary from memory, an id's item by a lookup in the id map (memory,
+//! then a short read per run) and a point read of the table. Only cells beyond the maintained ones and the id-list fallback read the
 //! partition's ids, once per session (until the partition changes). [`TableReplica::reads`]
 //! counts what was read.
 
@@ -22,9 +22,9 @@ use crate::sketch::{Cell, ItemId, cells_of};
 /// What a replica read from storage during a session.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReadStats {
-    /// Ids read from the id tree by listing the partition's ids.
+    /// Ids read from the id map by listing the partition's ids.
     pub ids_listed: u64,
-    /// Point reads of the id tree (an id's engine key).
+    /// Lookups in the id map (an id's engine key).
     pub id_lookups: u64,
     /// Items read from the table (point reads and streamed items).
     pub items_read: u64,
@@ -64,7 +64,7 @@ impl<S: Schema> TableReplica<S> {
         }
     }
 
-    /// The partition's ids, listed once from the id tree and kept until the partition changes.
+    /// The partition's ids, listed once from the id map and kept until the partition changes.
     fn listed_ids(&self) -> Result<Arc<Vec<ItemId>>, SyncError> {
         if let Some(ids) = &*self.ids.borrow() {
             return Ok(ids.clone());
