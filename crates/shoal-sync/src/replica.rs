@@ -2,9 +2,9 @@
 //!
 //! Everything a session asks is answered from the index (see [`crate::index`]): the head, the
 //! first cells and the summary from memory, an id's item by a lookup in the id map (memory,
-//! then a short read per run) and a point read of the table. Only cells beyond the maintained ones and the id-list fallback read the
-//! partition's ids, once per session (until the partition changes). [`TableReplica::reads`]
-//! counts what was read.
+//! then a short read per run) and a point read of the table. Only cells beyond the maintained
+//! ones and the id-list fallback read the partition's ids, once per session (until the
+//! partition changes). [`TableReplica::reads`] counts what was read.
 
 use std::cell::{Cell as Counter, RefCell};
 use std::ops::Bound;
