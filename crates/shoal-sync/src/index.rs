@@ -134,9 +134,9 @@ impl VerifyReport {
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 65_536;
 
 /// Key of the format marker in the state tree; its absence means "rebuild everything" (format
-/// 1 kept heads only; format 2 kept an id tree written in place).
-const FORMAT_KEY: &[u8] = b"format-3";
-const OLD_FORMAT_KEYS: &[&[u8]] = &[b"format-1", b"format-2"];
+/// 1 kept heads only; format 2 an id tree written in place; format 3 wider cells).
+const FORMAT_KEY: &[u8] = b"format-4";
+const OLD_FORMAT_KEYS: &[&[u8]] = &[b"format-1", b"format-2", b"format-3"];
 /// Prefix of a partition's *dirty marker* in the state tree (a state's key is the 1-byte `[p]`).
 const DIRTY_PREFIX: u8 = b'd';
 

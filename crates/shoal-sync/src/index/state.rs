@@ -16,17 +16,35 @@ use crate::sketch::{Cell, ItemId, apply_id};
 /// cells (old and new id); kept per non-empty partition: 512 × 24 bytes + 256 bytes of summary.
 pub const MAINTAINED_CELLS: u64 = 512;
 
-/// Bytes of a persisted cell: XOR of ids (8), check (4), count (8).
-const CELL_BYTES: usize = 20;
+/// Bytes of the persisted digest (cell 0): XOR of ids (8), check (4), count (8).
+const DIGEST_BYTES: usize = 20;
+/// Bytes of every other persisted cell: XOR of ids (8), check (4), count modulo 256 (1): only
+/// the digest's count is used whole (the partition's item count); other cells' counts are only
+/// ever used modulo 256 (on the wire and when peeling).
+const CELL_BYTES: usize = 13;
 /// Bytes of a persisted partition state.
-pub(crate) const STATE_BYTES: usize = MAINTAINED_CELLS as usize * CELL_BYTES + LEVELS * BUCKETS;
+pub(crate) const STATE_BYTES: usize =
+    DIGEST_BYTES + (MAINTAINED_CELLS as usize - 1) * CELL_BYTES + LEVELS * BUCKETS;
 
 /// A partition's maintained cells and summary.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct PartitionState {
     cells: Box<[Cell]>,
     summary: Summary,
 }
+
+/// Equal as far as anything uses them: the digest whole, the other cells' counts modulo 256.
+impl PartialEq for PartitionState {
+    fn eq(&self, other: &Self) -> bool {
+        self.summary == other.summary
+            && self.cells[0] == other.cells[0]
+            && self.cells[1..].iter().zip(&other.cells[1..]).all(|(a, b)| {
+                a.xor == b.xor && a.check == b.check && a.count as u8 == b.count as u8
+            })
+    }
+}
+
+impl Eq for PartitionState {}
 
 impl Default for PartitionState {
     fn default() -> Self {
@@ -78,10 +96,14 @@ impl PartitionState {
 
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(STATE_BYTES);
-        for c in self.cells.iter() {
+        for (i, c) in self.cells.iter().enumerate() {
             out.extend_from_slice(&c.xor.to_le_bytes());
             out.extend_from_slice(&c.check.to_le_bytes());
-            out.extend_from_slice(&c.count.to_le_bytes());
+            if i == 0 {
+                out.extend_from_slice(&c.count.to_le_bytes());
+            } else {
+                out.push(c.count as u8);
+            }
         }
         out.extend_from_slice(&self.summary.0);
         out
@@ -94,15 +116,23 @@ impl PartitionState {
                 bytes.len()
             )));
         }
-        let (cells, summary) = bytes.split_at(MAINTAINED_CELLS as usize * CELL_BYTES);
-        let cells = cells
-            .chunks_exact(CELL_BYTES)
-            .map(|c| Cell {
-                xor: u64::from_le_bytes(c[0..8].try_into().expect("8 bytes")),
-                check: u32::from_le_bytes(c[8..12].try_into().expect("4 bytes")),
-                count: u64::from_le_bytes(c[12..20].try_into().expect("8 bytes")),
-            })
-            .collect();
+        let (digest, rest) = bytes.split_at(DIGEST_BYTES);
+        let (cells, summary) = rest.split_at((MAINTAINED_CELLS as usize - 1) * CELL_BYTES);
+        let cell = |c: &[u8], count: u64| Cell {
+            xor: u64::from_le_bytes(c[0..8].try_into().expect("8 bytes")),
+            check: u32::from_le_bytes(c[8..12].try_into().expect("4 bytes")),
+            count,
+        };
+        let cells = std::iter::once(cell(
+            digest,
+            u64::from_le_bytes(digest[12..20].try_into().expect("8 bytes")),
+        ))
+        .chain(
+            cells
+                .chunks_exact(CELL_BYTES)
+                .map(|c| cell(c, u64::from(c[12]))),
+        )
+        .collect();
         let mut s = Summary::default();
         s.0.copy_from_slice(summary);
         if s.0.iter().any(|b| *b > 0xf) {
@@ -148,6 +178,14 @@ mod tests {
         kept.iter().for_each(|id| full.toggle(*id));
         assert_eq!(s.head().mini, full.mini());
         assert_eq!(PartitionState::decode(&s.encode()).unwrap(), s);
+        // Decoded, then changed: still equal to the state computed from the ids.
+        let mut reloaded = PartitionState::decode(&s.encode()).unwrap();
+        let extra = ItemId(mix64(99_999) | 1);
+        reloaded.toggle(extra, false);
+        let mut with_extra = kept.clone();
+        with_extra.push(extra);
+        assert_eq!(reloaded, PartitionState::of(with_extra.iter().copied()));
+        reloaded.toggle(extra, true);
         assert!(PartitionState::decode(&s.encode()[1..]).is_err());
         for id in &kept {
             s.toggle(*id, true);
