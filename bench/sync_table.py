@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Turns `shoal-bench sync --json` output into a markdown table and checks the matrix's targets.
 
-    cargo run --release -p shoal-bench -- sync --matrix --seeds 5 --json \
+    cargo run --release -p shoal-bench -- sync --matrix --seeds 5 --baseline-seeds 1 --json \
         > bench/results/sync-matrix.jsonl
     python3 bench/sync_table.py < bench/results/sync-matrix.jsonl
 
 Each cell (n, d, kind) ran on several data seeds; the table shows, per strategy, the worst seed
 (the most metadata bytes; the most round trips and CPU over all seeds), and every seed is
-checked against the targets. `lb` is the information-theoretic minimum for 256-bit ids, `lb64`
+checked against the targets (the baselines, run on the first seed only with
+`--baseline-seeds 1`, are compared on that seed). `lb` is the information-theoretic minimum for 256-bit ids, `lb64`
 for the 64-bit ids the protocol reconciles.
 """
 import collections

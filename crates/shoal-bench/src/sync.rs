@@ -103,6 +103,10 @@ pub struct Args {
     /// a new choice of differing items for each), one row per seed.
     #[arg(long, default_value_t = 1)]
     seeds: u64,
+    /// Seeds on which the baselines (the seed's protocol, negentropy) run too, the first ones
+    /// (default: all): they are slow at 10⁶ items and their figures do not depend on Shoal.
+    #[arg(long)]
+    baseline_seeds: Option<u64>,
     /// The published matrix: n ∈ {10⁴, 10⁵, 10⁶} × d ∈ {0, 1, 10, 100, 1000, 1%, 10%} × every
     /// kind of difference (overrides `--n`, `--d` and `--diff`).
     #[arg(long)]
@@ -283,7 +287,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 for &kind in &kinds {
                     let (a_path, b_path, lacks) =
                         prepare_cell(work.path(), &base, &keys, n, d, kind, args, seed)?;
+                    let baselines = seed < args.seed + args.baseline_seeds.unwrap_or(u64::MAX);
                     for &strategy in &args.strategies {
+                        if !baselines && !matches!(strategy, Strategy::Shoal) {
+                            continue;
+                        }
                         let mut row = run_strategy(
                             work.path(),
                             &a_path,
