@@ -413,10 +413,12 @@ impl PartitionIndex {
 
     /// The ids of partition `p`, ascending, from the id map (no item is read).
     pub fn ids(&self, view: &dyn ReadView, p: Partition) -> Result<Vec<ItemId>, StorageError> {
-        let (delta, runs) = {
+        // Only whether each changed id is held: the keys stay in memory, unread and uncopied.
+        let (delta, runs): (Vec<(ItemId, bool)>, _) = {
             let s = lock(&self.state);
             let ids = &s.ids[p as usize];
-            (ids.delta.clone(), ids.runs.clone())
+            let delta = ids.delta.iter().map(|(id, k)| (*id, k.is_some()));
+            (delta.collect(), ids.runs.clone())
         };
         idmap::list(view, &self.id_tree, p, &runs, &delta)
     }

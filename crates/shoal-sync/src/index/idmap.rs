@@ -226,23 +226,21 @@ fn overlay(held: Vec<ItemId>, newer: impl Iterator<Item = (ItemId, bool)>) -> Ve
     out
 }
 
-/// Every id partition `p` holds, ascending: the runs oldest to newest, then the delta.
+/// Every id partition `p` holds, ascending: the runs oldest to newest, then the delta (ids
+/// ascending, held or removed).
 pub(crate) fn list(
     view: &(impl ReadView + ?Sized),
     id_tree: &str,
     p: Partition,
     runs: &[Run],
-    delta: &BTreeMap<ItemId, DeltaEntry>,
+    delta: &[(ItemId, bool)],
 ) -> Result<Vec<ItemId>, StorageError> {
     let mut held = Vec::new();
     for run in runs {
         let entries = run_ids(view, id_tree, p, run.number)?;
         held = overlay(held, entries.into_iter());
     }
-    Ok(overlay(
-        held,
-        delta.iter().map(|(id, e)| (*id, e.is_some())),
-    ))
+    Ok(overlay(held, delta.iter().copied()))
 }
 
 /// Every entry of one run, ascending: (id, engine key or `None` for a removal).
