@@ -16,27 +16,6 @@ use shoal_net::Transport;
 
 use crate::service::Api;
 
-/// Node endpoints an operator may call through the admin endpoint. Everything else (sync
-/// sessions, replication writes) is for nodes only.
-pub const OPERATOR_ENDPOINTS: &[&str] = &[
-    "admin.status",
-    "admin.layout",
-    "admin.stage",
-    "admin.apply",
-    "admin.forget",
-    "admin.put",
-    "admin.get",
-    "admin.digests",
-    "admin.sync",
-    "admin.repair",
-    "api.key.create",
-    "api.key.list",
-    "api.bucket.create",
-    "api.bucket.allow",
-    "api.bucket.list",
-    "api.local.items",
-];
-
 struct AdminState<T: Transport> {
     api: Api<T>,
     registry: Arc<Registry>,
@@ -104,7 +83,7 @@ async fn call<T: Transport>(
     if s.token.is_empty() || !same_token(presented.trim().as_bytes(), s.token.as_bytes()) {
         return (StatusCode::FORBIDDEN, "missing or wrong admin token\n").into_response();
     }
-    if !OPERATOR_ENDPOINTS.contains(&endpoint.as_str()) {
+    if !crate::endpoints::operator_may_call(&endpoint) {
         return (
             StatusCode::NOT_FOUND,
             format!("no operator endpoint {endpoint}\n"),
@@ -117,6 +96,19 @@ async fn call<T: Transport>(
         .await
     {
         Ok(reply) => ([(header::CONTENT_TYPE, "application/msgpack")], reply).into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+        Err(e) => (status_of(e.code()), format!("{e}\n")).into_response(),
+    }
+}
+
+/// The HTTP status of a failed operator call, from its code: a caller (a script, the CLI)
+/// can tell "retry later" (503) from "refused" (403) and "not found" (404).
+fn status_of(code: shoal_net::ErrorCode) -> StatusCode {
+    use shoal_net::ErrorCode;
+    match code {
+        ErrorCode::Malformed | ErrorCode::Unspecified => StatusCode::BAD_REQUEST,
+        ErrorCode::Refused => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::RetryLater => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

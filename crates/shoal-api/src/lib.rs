@@ -10,6 +10,7 @@ pub mod admin;
 mod cache;
 pub mod causality;
 pub mod counters;
+pub mod endpoints;
 mod http;
 pub mod metrics;
 pub mod model;

@@ -12,7 +12,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use shoal_cluster::node::Node;
 use shoal_cluster::replication::{QuorumError, Replicated};
-use shoal_net::Transport;
+use shoal_net::{ErrorCode, RemoteError, Transport};
 use shoal_storage::{KeyRange, Store};
 use shoal_sync::ids::IdKey;
 use shoal_sync::index::PartitionIndex;
@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use crate::cache::RowCache;
 use crate::causality::{CausalContext, Dvvs, DvvsValue, WriterId};
 use crate::counters::{Counts, IndexQuery, K2vCounters};
+use crate::endpoints::ApiEndpoint;
 use crate::model::{
     AccessKey, Bucket, BucketTable, K2vItem, K2vPartition, K2vTable, KeyTable, Permission,
     SYSTEM_PK, stamp_now,
@@ -83,6 +84,19 @@ pub enum ApiError {
     /// A storage failure or a bug (500).
     #[error("{0}")]
     Internal(String),
+}
+
+impl ApiError {
+    /// The code this failure carries when it answers an RPC (an operator's call, a peer's).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::BadRequest(_) => ErrorCode::Malformed,
+            ApiError::AccessDenied(_) | ApiError::AlreadyExists(_) => ErrorCode::Refused,
+            ApiError::NoSuchBucket(_) | ApiError::NoSuchKey => ErrorCode::NotFound,
+            ApiError::Unavailable(_) => ErrorCode::RetryLater,
+            ApiError::Internal(_) => ErrorCode::Internal,
+        }
+    }
 }
 
 impl From<QuorumError> for ApiError {
@@ -249,23 +263,22 @@ impl<T: Transport> Api<T> {
         };
         let store = store.clone();
         node.add_endpoint(
-            "k2v.index",
+            ApiEndpoint::K2vIndex.name(),
             Arc::new(move |_from, body| {
                 let store = store.clone();
                 Box::pin(async move {
-                    let q: IndexQuery =
-                        rmp_serde::from_slice(&body).map_err(|e| format!("malformed: {e}"))?;
+                    let q: IndexQuery = decode(&body)?;
                     let rows = tokio::task::spawn_blocking(move || {
                         crate::counters::local_counts(&store, &q)
                     })
                     .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| RemoteError::internal(e.to_string()))?
+                    .map_err(|e| RemoteError::internal(e.to_string()))?;
                     Ok(rmp_serde::to_vec_named(&rows).expect("counts encode"))
                 })
             }),
         )
-        .map_err(ApiError::Internal)?;
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
         api.add_admin_endpoints()?;
         Ok(api)
     }
@@ -764,34 +777,34 @@ impl<T: Transport> Api<T> {
             Api<T>,
             Vec<u8>,
         ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<Vec<u8>, String>> + Send>,
+            Box<dyn std::future::Future<Output = Result<Vec<u8>, RemoteError>> + Send>,
         >;
-        let endpoints: [(&str, Handler<T>); 6] = [
-            ("api.key.create", |api, body| {
+        let endpoints: [(ApiEndpoint, Handler<T>); 6] = [
+            (ApiEndpoint::KeyCreate, |api, body| {
                 Box::pin(async move {
                     let name: String = decode(&body)?;
                     encode(&api.create_key(&name).await)
                 })
             }),
-            ("api.key.list", |api, _| {
+            (ApiEndpoint::KeyList, |api, _| {
                 Box::pin(async move { encode(&api.list_keys()) })
             }),
-            ("api.bucket.create", |api, body| {
+            (ApiEndpoint::BucketCreate, |api, body| {
                 Box::pin(async move {
                     let name: String = decode(&body)?;
                     encode(&api.create_bucket(&name).await)
                 })
             }),
-            ("api.bucket.allow", |api, body| {
+            (ApiEndpoint::BucketAllow, |api, body| {
                 Box::pin(async move {
                     let (bucket, key, read, write): (String, String, bool, bool) = decode(&body)?;
                     encode(&api.allow(&bucket, &key, read, write).await)
                 })
             }),
-            ("api.bucket.list", |api, _| {
+            (ApiEndpoint::BucketList, |api, _| {
                 Box::pin(async move { encode(&api.list_buckets()) })
             }),
-            ("api.local.items", |api, body| {
+            (ApiEndpoint::LocalItems, |api, body| {
                 Box::pin(async move {
                     let (bucket, pk): (String, String) = decode(&body)?;
                     encode(&api.local_items(&bucket, &pk).await)
@@ -803,10 +816,10 @@ impl<T: Transport> Api<T> {
             self.inner
                 .node
                 .add_endpoint(
-                    name,
+                    name.name(),
                     Arc::new(move |_from, body| handler(api.clone(), body)),
                 )
-                .map_err(ApiError::Internal)?;
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
         }
         Ok(())
     }
@@ -830,14 +843,14 @@ pub struct LocalItem {
     pub values: Vec<Option<serde_bytes::ByteBuf>>,
 }
 
-fn decode<'a, V: Deserialize<'a>>(b: &'a [u8]) -> Result<V, String> {
-    rmp_serde::from_slice(b).map_err(|e| format!("malformed request: {e}"))
+fn decode<'a, V: Deserialize<'a>>(b: &'a [u8]) -> Result<V, RemoteError> {
+    rmp_serde::from_slice(b).map_err(|e| RemoteError::malformed(format!("malformed request: {e}")))
 }
 
-fn encode<V: Serialize>(r: &Result<V, ApiError>) -> Result<Vec<u8>, String> {
+fn encode<V: Serialize>(r: &Result<V, ApiError>) -> Result<Vec<u8>, RemoteError> {
     match r {
         Ok(v) => Ok(rmp_serde::to_vec_named(v).expect("replies encode")),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(RemoteError::new(e.code(), e.to_string())),
     }
 }
 

@@ -135,6 +135,38 @@ impl Quorums {
     }
 }
 
+/// Why a replicated operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QuorumError {
+    /// The layout assigns no node to the partition (no layout applied yet).
+    #[error("no node stores partition {0}: apply a layout first")]
+    NoLayout(u8),
+    /// Too few nodes acknowledged the write durably; it may still reach some replicas, and
+    /// anti-entropy will spread it, but it was not acknowledged.
+    #[error("write quorum not reached: {acks} of {needed} acknowledgements; errors: {errors:?}")]
+    Write {
+        /// Durable acknowledgements received.
+        acks: usize,
+        /// Acknowledgements needed.
+        needed: usize,
+        /// What the others said.
+        errors: Vec<String>,
+    },
+    /// Too few nodes answered the read.
+    #[error("read quorum not reached: {answers} of {needed} answers; errors: {errors:?}")]
+    Read {
+        /// Answers received.
+        answers: usize,
+        /// Answers needed.
+        needed: usize,
+        /// What the others said.
+        errors: Vec<String>,
+    },
+    /// A replica returned an undecodable item.
+    #[error("undecodable item from a replica: {0}")]
+    Decode(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,37 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::node::Node;
 
-/// Why a replicated operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum QuorumError {
-    /// The layout assigns no node to the partition (no layout applied yet).
-    #[error("no node stores partition {0}: apply a layout first")]
-    NoLayout(u8),
-    /// Too few nodes acknowledged the write durably; it may still reach some replicas, and
-    /// anti-entropy will spread it, but it was not acknowledged.
-    #[error("write quorum not reached: {acks} of {needed} acknowledgements; errors: {errors:?}")]
-    Write {
-        /// Durable acknowledgements received.
-        acks: usize,
-        /// Acknowledgements needed.
-        needed: usize,
-        /// What the others said.
-        errors: Vec<String>,
-    },
-    /// Too few nodes answered the read.
-    #[error("read quorum not reached: {answers} of {needed} answers; errors: {errors:?}")]
-    Read {
-        /// Answers received.
-        answers: usize,
-        /// Answers needed.
-        needed: usize,
-        /// What the others said.
-        errors: Vec<String>,
-    },
-    /// A replica returned an undecodable item.
-    #[error("undecodable item from a replica: {0}")]
-    Decode(String),
-}
+pub use crate::quorum::QuorumError;
 
 /// A table replicated over the cluster through `node`. Its quorums come from the node
 /// ([`Node::quorums`]): the layout's replication factor, how the table is replicated, and the
@@ -155,7 +125,7 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
                 Ok(()) => acked.push(n),
                 Err(e) => {
                     failed.push(n);
-                    errors.push(e);
+                    errors.push(e.to_string());
                 }
             }
             let count = |set: &Vec<shoal_net::NodeId>, of: &Vec<shoal_net::NodeId>| {
@@ -221,7 +191,7 @@ impl<S: Schema, T: Transport> Replicated<S, T> {
             others.remove(i);
             match self.node.read_local(S::TABLE_NAME, &key) {
                 Ok(v) => answers.push((me, v)),
-                Err(e) => errors.push(e),
+                Err(e) => errors.push(e.to_string()),
             }
         }
         let (more, more_errors) = ask_quorum(me, others, needed - answers.len(), |n| {
@@ -338,7 +308,7 @@ const READ_HEDGE: std::time::Duration = std::time::Duration::from_millis(50);
 /// answered or too many failed. Returns the answers (with who gave them) and the errors.
 /// Quorum intersection needs only `needed` answers; asking every replica each time would
 /// double the network work of a read for nothing.
-async fn ask_quorum<A, F, Fut>(
+async fn ask_quorum<A, E, F, Fut>(
     me: shoal_net::NodeId,
     mut nodes: Vec<shoal_net::NodeId>,
     needed: usize,
@@ -346,8 +316,9 @@ async fn ask_quorum<A, F, Fut>(
 ) -> (Vec<(shoal_net::NodeId, A)>, Vec<String>)
 where
     A: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
     F: Fn(shoal_net::NodeId) -> Fut,
-    Fut: std::future::Future<Output = Result<A, String>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<A, E>> + Send + 'static,
 {
     // More than there are nodes to ask: ask them all; the caller sees the quorum missed.
     let needed = needed.min(nodes.len());
@@ -392,7 +363,7 @@ where
         match answered {
             Some((n, Ok(a))) => answers.push((n, a)),
             Some((_, Err(e))) => {
-                errors.push(e);
+                errors.push(e.to_string());
                 launch(&mut pending, &mut asking);
             }
             None => {

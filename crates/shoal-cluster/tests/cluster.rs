@@ -592,26 +592,35 @@ impl shoal_cluster::node::SyncTable for Panicky {
     fn merge_encoded(
         &self,
         items: Vec<Vec<u8>>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, String>> + Send>> {
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<usize, shoal_table::TableError>> + Send>,
+    > {
         self.inner.merge_encoded(items)
     }
-    fn get_encoded(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    fn get_encoded(&self, key: &[u8]) -> Result<Option<Vec<u8>>, shoal_table::TableError> {
         self.inner.get_encoded(key)
     }
-    fn has_data(&self, p: u8) -> Result<bool, String> {
+    fn has_data(&self, p: u8) -> Result<bool, shoal_table::TableError> {
         maybe_panic(&self.has_data, "has_data");
         self.inner.has_data(p)
     }
-    fn scan_partition(&self, p: u8) -> Result<shoal_storage::Entries, String> {
+    fn scan_partition(&self, p: u8) -> Result<shoal_storage::Entries, shoal_table::TableError> {
         self.inner.scan_partition(p)
     }
-    fn delete_if_unchanged(&self, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<usize, String> {
+    fn delete_if_unchanged(
+        &self,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<usize, shoal_table::TableError> {
         self.inner.delete_if_unchanged(items)
     }
-    fn item_count(&self) -> Result<u64, String> {
+    fn item_count(&self) -> Result<u64, shoal_table::TableError> {
         self.inner.item_count()
     }
-    fn tombstones(&self, p: u8, limit: usize) -> Result<shoal_storage::Entries, String> {
+    fn tombstones(
+        &self,
+        p: u8,
+        limit: usize,
+    ) -> Result<shoal_storage::Entries, shoal_table::TableError> {
         self.tombstone_calls
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         maybe_panic(&self.tombstones, "tombstones");
@@ -622,10 +631,10 @@ impl shoal_cluster::node::SyncTable for Panicky {
         range: &shoal_storage::KeyRange,
         reverse: bool,
         limit: usize,
-    ) -> Result<shoal_storage::Entries, String> {
+    ) -> Result<shoal_storage::Entries, shoal_table::TableError> {
         self.inner.scan_range(range, reverse, limit)
     }
-    fn checkpoint(&self) -> Result<(), String> {
+    fn checkpoint(&self) -> Result<(), shoal_table::TableError> {
         self.inner.checkpoint()
     }
 }

@@ -23,6 +23,6 @@ pub mod transport;
 
 pub use identity::{ClusterSecret, IdentityError, NodeKey};
 pub use metrics::NetMetrics;
-pub use rpc::{CallsOnly, Handler, NetConfig, Network, RpcError};
-pub use shoal_table::crdt::NodeId;
+pub use rpc::{CallsOnly, ErrorCode, Handler, NetConfig, Network, RemoteError, RpcError};
+pub use shoal_id::NodeId;
 pub use transport::{TcpTransport, Transport};

@@ -21,9 +21,11 @@ use crate::transport::Transport;
 
 // The envelope every request and reply travels in, and its encoding.
 mod envelope;
+mod remote;
 
 use envelope::{Envelope, EnvelopeOut, encode_response};
 pub use envelope::{check_message, request_wire_bytes, response_wire_bytes};
+pub use remote::{ErrorCode, RemoteError};
 
 /// Bytes of queued messages a connection's writer seals before one flush.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
@@ -116,7 +118,7 @@ pub enum RpcError {
     ConnectionLost(NodeId),
     /// The peer's handler returned an error.
     #[error("remote error: {0}")]
-    Remote(String),
+    Remote(RemoteError),
     /// The message exceeds the configured maximum.
     #[error("message of {0} bytes exceeds the limit")]
     TooLarge(usize),
@@ -134,6 +136,22 @@ pub enum RpcError {
     },
 }
 
+impl RpcError {
+    /// The peer's code if its handler failed; for the call itself failing (a timeout, a lost
+    /// connection, an unreachable peer) [`ErrorCode::RetryLater`]; for a refused handshake or
+    /// an oversized message [`ErrorCode::Refused`].
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RpcError::Remote(e) => e.code,
+            RpcError::Timeout { .. }
+            | RpcError::Unreachable { .. }
+            | RpcError::ConnectionLost(_)
+            | RpcError::Connect { .. } => ErrorCode::RetryLater,
+            RpcError::TooLarge(_) | RpcError::Handshake(_) => ErrorCode::Refused,
+        }
+    }
+}
+
 /// Serves the requests of peers.
 pub trait Handler: Send + Sync + 'static {
     /// Handles one request from `from` to `endpoint`.
@@ -142,7 +160,7 @@ pub trait Handler: Send + Sync + 'static {
         from: NodeId,
         endpoint: String,
         body: Vec<u8>,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, RemoteError>> + Send>>;
 
     /// Whether requests to `endpoint` take microseconds of CPU and no I/O (a point read): the
     /// connection's reader then runs them in place when they finish at their first poll,
@@ -163,8 +181,12 @@ impl Handler for CallsOnly {
         _from: NodeId,
         _endpoint: String,
         _body: Vec<u8>,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> {
-        Box::pin(async { Err("this party only calls; it serves nothing".to_string()) })
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, RemoteError>> + Send>> {
+        Box::pin(async {
+            Err(RemoteError::refused(
+                "this party only calls; it serves nothing",
+            ))
+        })
     }
 }
 
@@ -829,15 +851,19 @@ impl<T: Transport> Network<T> {
                 };
                 for m in messages {
                     match Envelope::decode(&m) {
-                        Ok(Envelope::Response { id, result }) => {
+                        Ok(Envelope::Response { id, result, code }) => {
                             let waiter = reader_conn
                                 .pending
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
                                 .remove(&id);
                             if let Some(w) = waiter {
-                                let _ =
-                                    w.send(result.map(|b| b.into_vec()).map_err(RpcError::Remote));
+                                let _ = w.send(result.map(|b| b.into_vec()).map_err(|message| {
+                                    RpcError::Remote(RemoteError {
+                                        code: code.into(),
+                                        message,
+                                    })
+                                }));
                             }
                         }
                         Ok(Envelope::Request { id, endpoint, body }) => {
@@ -908,12 +934,12 @@ impl<T: Transport> Network<T> {
 }
 
 /// The error a caller receives when the handler of its request panicked.
-fn handler_panicked(panic: &(dyn std::any::Any + Send)) -> String {
+fn handler_panicked(panic: &(dyn std::any::Any + Send)) -> RemoteError {
     let message = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
     warn!(panic = %message, "an RPC handler panicked");
-    format!("the request's handler panicked: {message}")
+    RemoteError::internal(format!("the request's handler panicked: {message}"))
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_net::{
-    ClusterSecret, Handler, NetConfig, Network, NodeId, NodeKey, RpcError, TcpTransport,
+    ClusterSecret, ErrorCode, Handler, NetConfig, Network, NodeId, NodeKey, RemoteError, RpcError,
+    TcpTransport,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -24,7 +25,7 @@ impl Handler for TestHandler {
         from: NodeId,
         endpoint: String,
         body: Vec<u8>,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, RemoteError>> + Send>> {
         Box::pin(async move {
             match endpoint.as_str() {
                 "echo" => Ok(body),
@@ -32,10 +33,13 @@ impl Handler for TestHandler {
                     tokio::time::sleep(Duration::from_millis(1500)).await;
                     Ok(b"late".to_vec())
                 }
-                "fail" => Err("the handler refused".into()),
+                "fail" => Err(RemoteError::refused("the handler refused")),
                 "whoami" => Ok(from.0.to_vec()),
                 "panic" => panic!("a bug in the handler"),
-                other => Err(format!("no endpoint {other}")),
+                other => Err(RemoteError::new(
+                    ErrorCode::NotFound,
+                    format!("no endpoint {other}"),
+                )),
             }
         })
     }
@@ -91,7 +95,7 @@ async fn authenticated_nodes_call_each_other_over_one_connection() {
     assert_eq!(b.connected_peers(), vec![a.node_id()]);
     // Errors of the handler come back as errors.
     assert!(
-        matches!(b.call(a.node_id(), "fail", vec![]).await, Err(RpcError::Remote(m)) if m.contains("refused"))
+        matches!(b.call(a.node_id(), "fail", vec![]).await, Err(RpcError::Remote(m)) if m.message.contains("refused") && m.code == ErrorCode::Refused)
     );
 }
 
@@ -305,7 +309,7 @@ async fn a_panicking_handler_answers_an_error_and_the_connection_lives_on() {
         let started = Instant::now();
         let err = b.call(a.node_id(), "panic", vec![]).await.unwrap_err();
         assert!(
-            matches!(&err, RpcError::Remote(m) if m.contains("panicked") && m.contains("a bug in the handler")),
+            matches!(&err, RpcError::Remote(m) if m.message.contains("panicked") && m.message.contains("a bug in the handler") && m.code == ErrorCode::Internal),
             "{err}"
         );
         // Answered, not timed out.

@@ -7,7 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_net::{ClusterSecret, Handler, NetConfig, Network, NodeId, NodeKey, RpcError};
+use shoal_net::{
+    ClusterSecret, ErrorCode, Handler, NetConfig, Network, NodeId, NodeKey, RemoteError, RpcError,
+};
 use shoal_sim::SimTransport;
 
 struct Echo;
@@ -18,12 +20,15 @@ impl Handler for Echo {
         from: NodeId,
         endpoint: String,
         body: Vec<u8>,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, RemoteError>> + Send>> {
         Box::pin(async move {
             match endpoint.as_str() {
                 "echo" => Ok(body),
                 "whoami" => Ok(from.0.to_vec()),
-                other => Err(format!("no endpoint {other}")),
+                other => Err(RemoteError::new(
+                    ErrorCode::NotFound,
+                    format!("no endpoint {other}"),
+                )),
             }
         })
     }

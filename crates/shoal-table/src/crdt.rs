@@ -19,27 +19,8 @@ pub trait Crdt {
     fn merge(&mut self, other: &Self);
 }
 
-/// A node's identity: its 32-byte public key.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
-pub struct NodeId(pub [u8; 32]);
-
-impl std::fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for b in &self.0[..8] {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::fmt::Display for NodeId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for b in &self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
+/// A node's identity (its 32-byte public key), from the leaf crate `shoal-id`.
+pub use shoal_id::NodeId;
 
 /// When and where a value was written: ordered by time, then by node id, so that two writes
 /// are never tied unless they are the same write.

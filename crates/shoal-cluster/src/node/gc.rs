@@ -7,11 +7,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_bytes::ByteBuf;
-use shoal_net::Transport;
+use shoal_net::{NodeId, Transport};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use super::{GcConfig, Node, SyncTable, backoff, decode, encode, panic_message, reraise};
+use super::endpoint::NodeEndpoint;
+use super::error::NodeError;
+use super::state::Node;
+use super::syncer::{backoff, panic_message, reraise};
+use super::table::SyncTable;
+use super::wire::{decode, encode};
+
+/// How a table's tombstone collector behaves.
+#[derive(Debug, Clone)]
+pub struct GcConfig {
+    /// Time between passes.
+    pub interval: Duration,
+    /// How long a tombstone must have been seen before it may be collected: writes still in
+    /// flight when it was made have landed by then.
+    pub min_age: Duration,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval: Duration::from_secs(600),
+            min_age: Duration::from_secs(3600),
+        }
+    }
+}
 
 impl<T: Transport> Node<T> {
     /// Starts the tombstone collector of `table`: every `config.interval`, for the partitions
@@ -19,7 +43,7 @@ impl<T: Transport> Node<T> {
     /// removed from every replica, once every replica of every live layout version holds that
     /// same tombstone (or nothing) under its key. A replica that is down, or still holds the
     /// deleted value, keeps the tombstone everywhere until it has caught up.
-    pub fn start_gc(&self, table: &str, config: GcConfig) -> Result<(), String> {
+    pub fn start_gc(&self, table: &str, config: GcConfig) -> Result<(), NodeError> {
         let t = self.table(table)?;
         let node = Arc::downgrade(&self.state);
         let name = table.to_string();
@@ -56,17 +80,13 @@ impl<T: Transport> Node<T> {
                 }
             }
         });
-        self.state
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(task);
+        self.state.tasks.lock().push(task);
         Ok(())
     }
 
     /// One collector pass over `table` now, collecting tombstones of any age that every
     /// replica holds (operators, tests); returns how many were removed.
-    pub async fn collect_now(&self, table: &str) -> Result<u64, String> {
+    pub async fn collect_now(&self, table: &str) -> Result<u64, NodeError> {
         let t = self.table(table)?;
         let config = GcConfig {
             interval: Duration::ZERO,
@@ -80,7 +100,7 @@ impl<T: Transport> Node<T> {
     }
 
     /// One pass of the collector; returns the tombstones removed.
-    async fn collect_once(
+    pub(super) async fn collect_once(
         &self,
         table: &str,
         t: &Arc<dyn SyncTable>,
@@ -134,7 +154,7 @@ impl<T: Transport> Node<T> {
                 let mut everywhere = true;
                 for n in current.roles.keys() {
                     let held = self
-                        .call_endpoint(*n, "gc.check", check.clone())
+                        .ask(*n, NodeEndpoint::GcCheck, check.clone())
                         .await
                         .and_then(|b| decode::<bool>(&b));
                     let ok = match held {
@@ -160,7 +180,7 @@ impl<T: Transport> Node<T> {
                 let mut all_done = true;
                 for r in &replicas {
                     if self
-                        .call_endpoint(*r, "gc.delete", delete.clone())
+                        .ask(*r, NodeEndpoint::GcDelete, delete.clone())
                         .await
                         .is_err()
                     {
@@ -175,5 +195,44 @@ impl<T: Transport> Node<T> {
         }
         first_seen.retain(|k, _| seen_now.contains(k));
         collected
+    }
+
+    /// Asks `node` (this one in place) one of the collector's questions.
+    pub(super) async fn ask(
+        &self,
+        node: NodeId,
+        endpoint: NodeEndpoint,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, NodeError> {
+        if node != self.id() {
+            return Ok(self.net().call(node, endpoint.name(), body).await?);
+        }
+        match endpoint {
+            NodeEndpoint::GcCheck => self.serve_gc_check(&body).await,
+            _ => self.serve_gc_delete(&body).await,
+        }
+    }
+
+    /// `gc.check`: whether this node holds the given tombstone, or nothing, under the key, and
+    /// applies the collector's layout version with no change in progress (a node that knows a
+    /// newer layout may be pulling old copies the collector cannot see).
+    pub(super) async fn serve_gc_check(&self, body: &[u8]) -> Result<Vec<u8>, NodeError> {
+        let (table, key, hash, version): (String, ByteBuf, ByteBuf, u64) = decode(body)?;
+        let settled = self.layout().version == version && !self.history().in_transition();
+        let t = self.table(&table)?;
+        let held = self.blocking(move || t.get_encoded(&key)).await??;
+        Ok(encode(
+            &(settled && held.is_none_or(|b| blake3::hash(&b).as_bytes()[..] == hash[..])),
+        ))
+    }
+
+    /// `gc.delete`: removes the tombstone if it is still exactly what is stored.
+    pub(super) async fn serve_gc_delete(&self, body: &[u8]) -> Result<Vec<u8>, NodeError> {
+        let (table, key, bytes): (String, ByteBuf, ByteBuf) = decode(body)?;
+        let t = self.table(&table)?;
+        let n = self
+            .blocking(move || t.delete_if_unchanged(vec![(key.into_vec(), bytes.into_vec())]))
+            .await??;
+        Ok(encode(&n))
     }
 }

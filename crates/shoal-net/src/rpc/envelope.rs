@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use super::remote::RemoteError;
+
 /// Version marker of the RPC envelope.
 const RPC_VERSION: u8 = 1;
 
@@ -17,6 +19,10 @@ pub(super) enum Envelope {
     Response {
         id: u64,
         result: Result<ByteBuf, String>,
+        /// The failure's [`ErrorCode`] as a byte; absent on success and from peers older than
+        /// the code (read as unspecified).
+        #[serde(default)]
+        code: u8,
     },
 }
 
@@ -32,7 +38,13 @@ pub(super) enum EnvelopeOut<'a> {
     Response {
         id: u64,
         result: Result<&'a serde_bytes::Bytes, &'a str>,
+        #[serde(skip_serializing_if = "is_zero")]
+        code: u8,
     },
+}
+
+fn is_zero(code: &u8) -> bool {
+    *code == 0
 }
 
 impl EnvelopeOut<'_> {
@@ -50,14 +62,15 @@ impl EnvelopeOut<'_> {
     }
 }
 
-/// The encoded reply to request `id`.
-pub(super) fn encode_response(id: u64, result: &Result<Vec<u8>, String>) -> Vec<u8> {
+/// The encoded reply to request `id`: a success's body, or a failure's message and code.
+pub(super) fn encode_response(id: u64, result: &Result<Vec<u8>, RemoteError>) -> Vec<u8> {
     EnvelopeOut::Response {
         id,
         result: match result {
             Ok(b) => Ok(serde_bytes::Bytes::new(b)),
-            Err(e) => Err(e),
+            Err(e) => Err(&e.message),
         },
+        code: result.as_ref().err().map_or(0, |e| e.code.into()),
     }
     .encode()
 }
@@ -163,22 +176,60 @@ mod tests {
             Envelope::decode(&request),
             Ok(Envelope::Request { id: 42, endpoint, body: b }) if endpoint == "table.read" && b[..] == body[..]
         ));
-        for result in [Ok(body.clone()), Err("no table t".to_string())] {
+        let success = encode_response(u64::MAX, &Ok(body.clone()));
+        // A success carries no code: its bytes are those of the envelope before codes existed.
+        let mut before_codes = vec![RPC_VERSION];
+        #[derive(Serialize)]
+        enum Old<'a> {
+            Response {
+                id: u64,
+                result: Result<&'a serde_bytes::Bytes, &'a str>,
+            },
+        }
+        rmp_serde::encode::write_named(
+            &mut before_codes,
+            &Old::Response {
+                id: u64::MAX,
+                result: Ok(serde_bytes::Bytes::new(&body)),
+            },
+        )
+        .expect("encodes");
+        assert_eq!(success, before_codes);
+        let failure = RemoteError::new(super::super::ErrorCode::RetryLater, "no table t");
+        for result in [Ok(body.clone()), Err(failure)] {
             let reply = encode_response(u64::MAX, &result);
-            assert_eq!(
-                reply,
-                owned(&Envelope::Response {
-                    id: u64::MAX,
-                    result: result.clone().map(ByteBuf::from),
-                })
-            );
             match Envelope::decode(&reply) {
-                Ok(Envelope::Response { id, result: r }) => {
+                Ok(Envelope::Response {
+                    id,
+                    result: r,
+                    code,
+                }) => {
                     assert_eq!(id, u64::MAX);
-                    assert_eq!(r.map(ByteBuf::into_vec), result);
+                    match (&result, r) {
+                        (Ok(b), Ok(got)) => assert_eq!(&got.into_vec(), b),
+                        (Err(e), Err(message)) => {
+                            assert_eq!(message, e.message);
+                            assert_eq!(super::super::ErrorCode::from(code), e.code);
+                        }
+                        other => panic!("mismatch: {other:?}"),
+                    }
                 }
                 other => panic!("not a response: {other:?}"),
             }
         }
+        // A reply from a peer older than the codes decodes, with the code unspecified.
+        let mut old_failure = vec![RPC_VERSION];
+        rmp_serde::encode::write_named(
+            &mut old_failure,
+            &Old::Response {
+                id: 1,
+                result: Err("refused"),
+            },
+        )
+        .expect("encodes");
+        assert!(matches!(
+            Envelope::decode(&old_failure),
+            Ok(Envelope::Response { code: 0, result: Err(m), .. }) if m == "refused"
+        ));
     }
 }
