@@ -25,7 +25,8 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 /// Longest long poll, as the spec allows.
 const MAX_POLL_SECS: u64 = 600;
 
-pub(crate) async fn serve<T: Transport>(
+/// Serves the K2V HTTP API of `api` on `bind` until the returned task is aborted.
+pub async fn serve<T: Transport>(
     api: Api<T>,
     bind: &str,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {

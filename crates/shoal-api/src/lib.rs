@@ -18,6 +18,7 @@ mod range;
 pub mod service;
 pub mod sigv4;
 
+pub use http::serve as serve_http;
 pub use service::{Api, ApiConfig, ApiError};
 
 /// Microseconds since the Unix epoch.

@@ -2,7 +2,6 @@
 //! ReadIndex over every node's counts, long polls, access keys and buckets.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -296,14 +295,6 @@ impl<T: Transport> Api<T> {
     /// The configuration.
     pub fn config(&self) -> &ApiConfig {
         &self.inner.config
-    }
-
-    /// Serves the HTTP API on `bind` until the returned task is aborted.
-    pub async fn serve(
-        &self,
-        bind: &str,
-    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-        crate::http::serve(self.clone(), bind).await
     }
 
     fn next_time(&self, context: Option<&CausalContext>) -> u64 {

@@ -98,8 +98,7 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
     };
     let _api_server = match &config.api_bind_addr {
         Some(bind) => {
-            let (addr, task) = api
-                .serve(bind)
+            let (addr, task) = shoal_api::serve_http(api.clone(), bind)
                 .await
                 .with_context(|| format!("K2V API listening on {bind}"))?;
             tracing::info!(%addr, "K2V API listening");
