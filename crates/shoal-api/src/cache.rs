@@ -8,8 +8,10 @@
 //! older than the last commit it could have seen.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 
 use shoal_storage::{StorageError, WriteTx};
 use shoal_table::{Change, ChangeHook};
@@ -49,7 +51,7 @@ impl<V> RowCache<V> {
     /// The cached row (`Some(None)`: known absent), if still current.
     pub fn get(&self, key: &str) -> Option<Option<Arc<V>>> {
         let now = self.generation();
-        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        let rows = self.rows.lock();
         match rows.get(key) {
             Some((g, v)) if *g == now => Some(v.clone()),
             _ => None,
@@ -77,7 +79,7 @@ impl<V> RowCache<V> {
 
     /// Remembers a row loaded from the store at generation `at`.
     pub fn put(&self, key: &str, at: u64, row: Option<Arc<V>>) {
-        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows = self.rows.lock();
         if rows.len() >= MAX_ENTRIES {
             rows.clear();
         }

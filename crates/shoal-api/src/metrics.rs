@@ -40,7 +40,7 @@ pub struct ApiMetrics {
     latency: Family<Labels, Histogram, fn() -> Histogram>,
     /// The families' series by (operation, status), looked up without building label strings:
     /// a request's accounting is then a read lock and two atomic updates.
-    handles: Arc<std::sync::RwLock<HashMap<(&'static str, u16), RequestSeries>>>,
+    handles: Arc<parking_lot::RwLock<HashMap<(&'static str, u16), RequestSeries>>>,
 }
 
 impl Default for ApiMetrics {
@@ -59,7 +59,6 @@ impl ApiMetrics {
         let known = self
             .handles
             .read()
-            .unwrap_or_else(|p| p.into_inner())
             .get(&(operation, status))
             .map(|(count, latency)| {
                 count.inc();
@@ -87,7 +86,6 @@ impl ApiMetrics {
         latency.observe(seconds);
         self.handles
             .write()
-            .unwrap_or_else(|p| p.into_inner())
             .insert((operation, status), (count, latency));
     }
 }

@@ -385,7 +385,7 @@ pub fn sign(
 /// Signing keys derived so far: a key signs with the same one all day, and deriving it costs
 /// four HMACs per request. Keyed by everything the derivation reads, the secret included, so a
 /// changed secret never meets an old key. Bounded; it starts over when full.
-static SIGNING_KEYS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Arc<[u8]>>>> =
+static SIGNING_KEYS: std::sync::LazyLock<parking_lot::Mutex<HashMap<String, Arc<[u8]>>>> =
     std::sync::LazyLock::new(Default::default);
 
 /// Most signing keys remembered.
@@ -419,7 +419,7 @@ fn cached_signing_key(secret: &str, date: &str, region: &str, service: &str) -> 
 
 fn shared_signing_key(secret: &str, date: &str, region: &str, service: &str) -> Arc<[u8]> {
     let id = format!("{date}/{region}/{service}/{secret}");
-    let mut keys = SIGNING_KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    let mut keys = SIGNING_KEYS.lock();
     if let Some(k) = keys.get(&id) {
         return k.clone();
     }

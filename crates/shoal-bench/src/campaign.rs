@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -123,7 +125,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 let value: Vec<u8> = format!("{seed:x}-{seq}-{}", rng.random::<u64>()).into_bytes();
                 ledger
                     .lock()
-                    .unwrap()
                     .attempted
                     .insert((pk.clone(), sk.clone()), value.clone());
                 let client = &clients[rng.random_range(0..clients.len())];
@@ -134,7 +135,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 .await;
                 let ok = matches!(r, Ok(Ok(())));
                 {
-                    let mut l = ledger.lock().unwrap();
+                    let mut l = ledger.lock();
                     if ok {
                         l.acked.insert((pk, sk));
                     } else {
@@ -167,7 +168,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         *faults.entry(kind).or_default() += 1;
         let hold = Duration::from_millis(rng.random_range(2000..5000));
         let (acked, failed) = {
-            let l = ledger.lock().unwrap();
+            let l = ledger.lock();
             (l.acked.len(), l.failed)
         };
         eprintln!(
@@ -231,7 +232,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let healed = Instant::now();
     let (attempted, acked, failed) = {
-        let l = ledger.lock().unwrap();
+        let l = ledger.lock();
         (l.attempted.clone(), l.acked.clone(), l.failed)
     };
     eprintln!(

@@ -8,7 +8,7 @@
 //! with one system call and reads the reply in the calling task; it still signs every
 //! request (SigV4, with the day's signing key derived once) and checks every reply.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use anyhow::{Context, bail};
 use hmac::{Hmac, Mac};
@@ -85,7 +85,7 @@ impl K2vHttp {
     }
 
     fn signing_key(&self, date: &str) -> [u8; 32] {
-        let mut cached = self.signing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cached = self.signing.lock();
         if let Some((d, k)) = cached.as_ref()
             && d == date
         {

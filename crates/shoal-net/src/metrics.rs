@@ -2,7 +2,9 @@
 //! node's Prometheus registry.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -70,12 +72,7 @@ impl NetMetrics {
     }
 
     fn series(&self, endpoint: &str) -> Arc<EndpointSeries> {
-        if let Some(s) = self
-            .handles
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(endpoint)
-        {
+        if let Some(s) = self.handles.read().get(endpoint) {
             return s.clone();
         }
         let labels = |outcome: &str| -> Labels {
@@ -112,7 +109,6 @@ impl NetMetrics {
         });
         self.handles
             .write()
-            .unwrap_or_else(|p| p.into_inner())
             .entry(endpoint.to_string())
             .or_insert(series)
             .clone()

@@ -4,7 +4,9 @@
 //! the maximum is refused before anything is buffered. An application message is its 4-byte
 //! length followed by its bytes, cut into as many Noise messages as needed.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -221,7 +223,7 @@ impl Sealer {
     /// Encrypts everything queued and appends the frames to `frames`. Each frame is encrypted
     /// straight into its own buffer.
     pub fn seal(&mut self, cipher: &Mutex<snow::TransportState>, frames: &mut Vec<Bytes>) {
-        let mut t = cipher.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = cipher.lock();
         for chunk in self.plain.chunks(MAX_PLAINTEXT) {
             let mut out = BytesMut::zeroed(chunk.len() + TAG_LEN);
             let n = t
@@ -264,7 +266,6 @@ impl Opener {
     ) -> Result<Vec<Vec<u8>>, ChannelError> {
         let n = cipher
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .read_message(frame, &mut self.scratch)
             .map_err(ChannelError::Decrypt)?;
         let mut done = Vec::new();

@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -220,37 +222,22 @@ impl Conn {
     /// Nothing in flight either way: no call waiting for a reply, no request in service, no
     /// message queued for sending.
     fn idle(&self) -> bool {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        self.pending.lock().is_empty()
             && self.permits.available_permits() == self.max_requests
             && self.tx.capacity() == self.tx.max_capacity()
     }
 
     /// Calls waiting for a reply plus requests in service: how busy the connection is.
     fn in_flight(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
-            + (self.max_requests - self.permits.available_permits())
+        self.pending.lock().len() + (self.max_requests - self.permits.available_permits())
     }
 
     fn close(&self) {
         self.alive.store(false, Ordering::SeqCst);
-        for t in self
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
+        for t in self.tasks.lock().drain(..) {
             t.abort();
         }
-        let pending: Vec<Reply> = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .split_off(&0)
-            .into_values()
-            .collect();
+        let pending: Vec<Reply> = self.pending.lock().split_off(&0).into_values().collect();
         for r in pending {
             let _ = r.send(Err(RpcError::ConnectionLost(self.peer)));
         }
@@ -365,21 +352,13 @@ impl<T: Transport> Network<T> {
                 }
             }
         });
-        self.inner
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(task);
+        self.inner.listeners.lock().push(task);
         Ok(local)
     }
 
     /// Remembers where `peer` listens, for calls made before a connection exists.
     pub fn add_peer_addr(&self, peer: NodeId, addr: String) {
-        self.inner
-            .addrs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(peer, addr);
+        self.inner.addrs.lock().insert(peer, addr);
     }
 
     /// Dials `addr` and authenticates; `expected` is the node that must answer, if known.
@@ -413,7 +392,6 @@ impl<T: Transport> Network<T> {
         self.inner
             .conns
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|(_, c)| c.alive.load(Ordering::SeqCst))
             .map(|(p, _)| *p)
@@ -422,12 +400,7 @@ impl<T: Transport> Network<T> {
 
     /// Drops the connection to `peer`, if any (tests, and peers marked down).
     pub fn disconnect(&self, peer: NodeId) {
-        let c = self
-            .inner
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&peer);
+        let c = self.inner.conns.lock().remove(&peer);
         if let Some(c) = c {
             c.close();
         }
@@ -435,20 +408,13 @@ impl<T: Transport> Network<T> {
 
     /// Stops listening and closes every connection.
     pub fn shutdown(&self) {
-        for t in self
-            .inner
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
+        for t in self.inner.listeners.lock().drain(..) {
             t.abort();
         }
         let conns: Vec<Arc<Conn>> = self
             .inner
             .conns
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .split_off(&NodeId::default())
             .into_values()
             .collect();
@@ -496,19 +462,10 @@ impl<T: Transport> Network<T> {
     /// How long nothing has arrived from `peer` on its connection (`None`: no connection). A
     /// peer whose replies and requests keep arriving is alive, however late one answer is.
     pub fn silent_for(&self, peer: NodeId) -> Option<Duration> {
-        let conn = self
-            .inner
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&peer)
-            .cloned()?;
-        conn.alive.load(Ordering::SeqCst).then(|| {
-            conn.last_heard
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .elapsed()
-        })
+        let conn = self.inner.conns.lock().get(&peer).cloned()?;
+        conn.alive
+            .load(Ordering::SeqCst)
+            .then(|| conn.last_heard.lock().elapsed())
     }
 
     async fn call_on_lane(
@@ -547,15 +504,9 @@ impl<T: Transport> Network<T> {
     /// for `silence` (a slow handler on a live peer keeps its connection: other replies, or
     /// the peer's own requests, still arrive).
     fn drop_if_silent(&self, peer: NodeId, silence: Duration) {
-        let conn = self
-            .inner
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&peer)
-            .cloned();
+        let conn = self.inner.conns.lock().get(&peer).cloned();
         if let Some(c) = conn {
-            let heard = *c.last_heard.lock().unwrap_or_else(|p| p.into_inner());
+            let heard = *c.last_heard.lock();
             if heard.elapsed() >= silence {
                 debug!(
                     ?peer,
@@ -591,19 +542,12 @@ impl<T: Transport> Network<T> {
             return Err(RpcError::TooLarge(msg.len()));
         }
         let (reply_tx, reply_rx) = oneshot::channel();
-        conn.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, reply_tx);
+        conn.pending.lock().insert(id, reply_tx);
         // Removes the pending entry however this call ends (reply, timeout, cancellation).
         struct Forget<'a>(&'a Conn, u64);
         impl Drop for Forget<'_> {
             fn drop(&mut self) {
-                self.0
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&self.1);
+                self.0.pending.lock().remove(&self.1);
             }
         }
         let _forget = Forget(&conn, id);
@@ -634,29 +578,26 @@ impl<T: Transport> Network<T> {
             .inner
             .conns
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .get(&peer)
             .filter(|c| c.alive.load(Ordering::SeqCst))
             .cloned();
         if let Some(c) = existing {
             return Ok(c);
         }
-        let addr = self
-            .inner
-            .addrs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&peer)
-            .cloned()
-            .ok_or_else(|| RpcError::Unreachable {
-                peer,
-                reason: "no known address".into(),
-            })?;
+        let addr =
+            self.inner
+                .addrs
+                .lock()
+                .get(&peer)
+                .cloned()
+                .ok_or_else(|| RpcError::Unreachable {
+                    peer,
+                    reason: "no known address".into(),
+                })?;
         let waiting = self
             .inner
             .backoff
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .get(&peer)
             .map(|(at, _)| at.saturating_duration_since(tokio::time::Instant::now()))
             .filter(|d| !d.is_zero());
@@ -668,7 +609,7 @@ impl<T: Transport> Network<T> {
         }
         if let Err(e) = self.connect(&addr, Some(peer)).await {
             let cfg = &self.inner.config;
-            let mut b = self.inner.backoff.lock().unwrap_or_else(|p| p.into_inner());
+            let mut b = self.inner.backoff.lock();
             let wait = b.get(&peer).map_or(cfg.reconnect_initial, |(_, w)| {
                 (*w * 2).min(cfg.reconnect_max)
             });
@@ -678,7 +619,6 @@ impl<T: Transport> Network<T> {
         self.inner
             .conns
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .get(&peer)
             .cloned()
             .ok_or(RpcError::ConnectionLost(peer))
@@ -687,7 +627,7 @@ impl<T: Transport> Network<T> {
     /// Installs an authenticated connection and starts its reader and writer.
     /// Live connections, including a second one to the same peer that is being retired.
     pub fn open_connections(&self) -> usize {
-        let mut all = self.inner.all.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = self.inner.all.lock();
         all.retain(|c| c.alive.load(Ordering::SeqCst));
         all.len()
     }
@@ -738,19 +678,13 @@ impl<T: Transport> Network<T> {
             tasks: Mutex::new(Vec::new()),
             last_heard: Mutex::new(tokio::time::Instant::now()),
         });
-        i.backoff
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&secured.peer);
-        i.all
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(conn.clone());
+        i.backoff.lock().remove(&secured.peer);
+        i.all.lock().push(conn.clone());
         let loser = {
             // When both nodes dialled at once, both keep the connection dialled by the smaller
             // node id for their calls; the other is retired once idle (closing it at once would
             // fail requests already sent on it). A second dial by the same node keeps the old.
-            let mut conns = i.conns.lock().unwrap_or_else(|p| p.into_inner());
+            let mut conns = i.conns.lock();
             match conns.get(&secured.peer) {
                 Some(old) if old.alive.load(Ordering::SeqCst) => {
                     if conn.dialled_by < old.dialled_by {
@@ -836,10 +770,7 @@ impl<T: Transport> Network<T> {
             let reason = loop {
                 let frame = match stream.next().await {
                     Some(Ok(f)) => {
-                        *reader_conn
-                            .last_heard
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
+                        *reader_conn.last_heard.lock() = tokio::time::Instant::now();
                         f
                     }
                     Some(Err(e)) => break ChannelError::Closed(e.to_string()),
@@ -852,11 +783,7 @@ impl<T: Transport> Network<T> {
                 for m in messages {
                     match Envelope::decode(&m) {
                         Ok(Envelope::Response { id, result, code }) => {
-                            let waiter = reader_conn
-                                .pending
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .remove(&id);
+                            let waiter = reader_conn.pending.lock().remove(&id);
                             if let Some(w) = waiter {
                                 let _ = w.send(result.map(|b| b.into_vec()).map_err(|message| {
                                     RpcError::Remote(RemoteError {
@@ -916,14 +843,11 @@ impl<T: Transport> Network<T> {
             reader_conn.close();
             net.forget(&reader_conn);
         });
-        conn.tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend([writer, reader]);
+        conn.tasks.lock().extend([writer, reader]);
     }
 
     fn forget(&self, conn: &Conn) {
-        let mut conns = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conns = self.inner.conns.lock();
         if conns
             .get(&conn.peer)
             .is_some_and(|c| c.serial == conn.serial)

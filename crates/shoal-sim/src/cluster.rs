@@ -3,7 +3,9 @@
 //! client-facing operations, faults injected on a seeded schedule, then a heal and the checks.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -468,10 +470,7 @@ pub fn run(config: &RunConfig) -> Outcome {
                         stamp,
                     }
                 };
-                history
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((c, op));
+                history.lock().push((c, op));
                 tokio::time::sleep(Duration::from_millis(rng.random_range(5..60))).await;
             }
             Ok(())
@@ -598,7 +597,7 @@ pub fn run(config: &RunConfig) -> Outcome {
         }
     }
 
-    let history = history.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let history = history.lock().clone();
     let mut violations = Vec::new();
     if !converged {
         violations.push(format!(

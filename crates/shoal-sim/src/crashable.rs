@@ -7,7 +7,7 @@
 //! timer of simulated time (the fsync latency); [`CrashableEngine::crash`] drops the queue, as a
 //! power cut drops a write-back cache. Reads see only committed state, as with redb.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ impl CrashableEngine {
     }
 
     fn take_queue(&self) -> Vec<(WriteJob, WriteCallback)> {
-        std::mem::take(&mut *self.queued.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.queued.lock())
     }
 
     /// Drops every queued transaction, as a crash would: none of them was acknowledged, none
@@ -47,7 +47,7 @@ impl CrashableEngine {
 
     /// Transactions waiting for the next commit.
     pub fn queued(&self) -> usize {
-        self.queued.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.queued.lock().len()
     }
 
     /// Transactions lost by crashes since the engine was made.
@@ -82,10 +82,7 @@ impl ReadView for CrashableEngine {
 
 impl Engine for CrashableEngine {
     fn submit(&self, job: WriteJob, done: WriteCallback) {
-        self.queued
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((job, done));
+        self.queued.lock().push((job, done));
     }
 
     fn commit_pending(&self) {

@@ -1,8 +1,8 @@
 //! An in-memory engine for logic tests. Nothing is persisted; never use it as the product.
 
+use parking_lot::Mutex;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::overlay::{WriteBase, run_job};
@@ -26,10 +26,10 @@ impl MemoryEngine {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Trees> {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Trees> {
         // A panic while holding the lock cannot leave a half-applied transaction: writes are
         // applied from an overlay after the closure returned, so the map is always whole.
-        self.trees.lock().unwrap_or_else(|p| p.into_inner())
+        self.trees.lock()
     }
 }
 

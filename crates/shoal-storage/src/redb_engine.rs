@@ -97,7 +97,7 @@ pub struct RedbEngine {
 /// redb refuses every later write on that handle, so the handle is closed and the file opened
 /// again, which recovers the last durable commit. Empty while the reopen waits for readers.
 struct DbSlot {
-    db: std::sync::RwLock<Option<Arc<redb::Database>>>,
+    db: parking_lot::RwLock<Option<Arc<redb::Database>>>,
     path: PathBuf,
     cache_size: usize,
     /// Twice the commits (and reopens) so far, plus one while a group runs and commits: even,
@@ -106,7 +106,7 @@ struct DbSlot {
     /// Tables of the latest committed state, each opened by the first point read after a commit
     /// and shared by the reads that follow until the next one. A point read otherwise pays a
     /// read transaction and a lookup of the table's root, as much again as the read itself.
-    latest: std::sync::RwLock<LatestTables>,
+    latest: parking_lot::RwLock<LatestTables>,
     /// Values of single keys in the latest committed state, exact by the protocol described in
     /// [`crate::row_cache`], which relies on `generation`.
     rows: Option<RowCache>,
@@ -124,7 +124,7 @@ struct LatestTables {
 impl DbSlot {
     fn new(db: Arc<redb::Database>, path: PathBuf, options: &RedbOptions) -> Self {
         DbSlot {
-            db: std::sync::RwLock::new(Some(db)),
+            db: parking_lot::RwLock::new(Some(db)),
             path,
             cache_size: options.cache_size,
             generation: AtomicU64::new(0),
@@ -144,7 +144,7 @@ impl DbSlot {
     /// told of it: no read that starts after the acknowledgement is served from an older
     /// state. Dropping the old tables also lets redb reuse the pages the commit freed.
     fn committed(&self) {
-        let mut latest = self.latest.write().unwrap_or_else(|p| p.into_inner());
+        let mut latest = self.latest.write();
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         debug_assert!(generation.is_multiple_of(2));
         latest.generation = generation;
@@ -157,7 +157,7 @@ impl DbSlot {
         let generation = self.generation.load(Ordering::SeqCst);
         let settled = generation.is_multiple_of(2);
         if settled {
-            let latest = self.latest.read().unwrap_or_else(|p| p.into_inner());
+            let latest = self.latest.read();
             if latest.generation == generation
                 && let Some(t) = latest.tables.get(tree)
             {
@@ -169,7 +169,7 @@ impl DbSlot {
         if settled {
             // Shared only if no commit began before the transaction did: then it shows exactly
             // this generation's state (only the writer commits, and it says so first).
-            let mut latest = self.latest.write().unwrap_or_else(|p| p.into_inner());
+            let mut latest = self.latest.write();
             if self.generation.load(Ordering::SeqCst) == generation {
                 if latest.generation != generation {
                     latest.generation = generation;
@@ -182,22 +182,18 @@ impl DbSlot {
     }
 
     fn get(&self) -> Result<Arc<redb::Database>, StorageError> {
-        self.db
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                StorageError::Engine(format!(
-                    "{} is being reopened after an I/O error",
-                    self.path.display()
-                ))
-            })
+        self.db.read().clone().ok_or_else(|| {
+            StorageError::Engine(format!(
+                "{} is being reopened after an I/O error",
+                self.path.display()
+            ))
+        })
     }
 
     /// Closes the poisoned handle and opens the file again. Waits (up to 5 s) for readers
     /// still holding the old handle, whose file lock forbids a second open.
     fn reopen(&self, old: Arc<redb::Database>) -> Result<(), StorageError> {
-        *self.db.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.db.write() = None;
         // Shared tables hold the old file open too. The reopened file holds the last durable
         // commit, which may be older than what the row cache remembers.
         self.committing();
@@ -219,7 +215,7 @@ impl DbSlot {
                 builder.set_cache_size(self.cache_size);
                 match builder.open(&self.path) {
                     Ok(db) => {
-                        *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
+                        *self.db.write() = Some(Arc::new(db));
                         return Ok(());
                     }
                     Err(redb::DatabaseError::DatabaseAlreadyOpen) => {}
@@ -229,7 +225,7 @@ impl DbSlot {
             if std::time::Instant::now() > deadline {
                 // Keep the old handle (still poisoned) rather than nothing; try again later.
                 if let Some(o) = old {
-                    *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(o);
+                    *self.db.write() = Some(o);
                 }
                 return Err(StorageError::Engine(
                     "readers held the store open; reopen postponed".into(),

@@ -20,9 +20,9 @@
 //! commit inserts nothing. Between the invalidation and the end of the commit the key is
 //! simply absent, and every reader goes to the engine.
 
+use parking_lot::Mutex;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use indexmap::IndexMap;
@@ -176,10 +176,10 @@ impl RowCache {
         (self.hasher.hash_one(key) % SHARDS as u64) as usize
     }
 
-    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Shard> {
+    fn lock(&self, shard: usize) -> parking_lot::MutexGuard<'_, Shard> {
         // A panic while holding a shard leaves it consistent (no step of ours can panic
-        // half-way), so a poisoned lock is taken as is.
-        self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
+        // half-way): parking_lot locks do not poison, and need not.
+        self.shards[shard].lock()
     }
 }
 

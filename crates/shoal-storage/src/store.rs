@@ -1,7 +1,9 @@
 //! [`Store`]: the handle the rest of Shoal uses.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::{
     Direction, Engine, Entries, JobOutcome, KeyRange, MemoryEngine, OpenError, ReadView,
@@ -123,7 +125,7 @@ impl Store {
                 } else {
                     JobOutcome::Abort
                 };
-                *job_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                *job_slot.lock() = Some(r);
                 outcome
             }),
             Box::new(move |r| {
@@ -137,7 +139,7 @@ impl Store {
         slot: Arc<Mutex<Option<Result<R, E>>>>,
         committed: Result<(), StorageError>,
     ) -> Result<R, TxError<E>> {
-        let outcome = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let outcome = slot.lock().take();
         match (outcome, committed) {
             (Some(Err(e)), _) => Err(TxError::Aborted(e)),
             (Some(Ok(r)), Ok(())) => Ok(r),

@@ -22,7 +22,9 @@
 mod idmap;
 mod state;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use shoal_storage::{Direction, Entries, KeyRange, ReadView, StorageError, Store, WriteTx};
 use shoal_table::{Change, ChangeHook};
@@ -256,8 +258,8 @@ impl Drop for PendingChange {
     }
 }
 
-fn lock(state: &Mutex<IndexState>) -> std::sync::MutexGuard<'_, IndexState> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
+fn lock(state: &Mutex<IndexState>) -> parking_lot::MutexGuard<'_, IndexState> {
+    state.lock()
 }
 
 impl PartitionIndex {
