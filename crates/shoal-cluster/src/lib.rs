@@ -19,7 +19,9 @@
 pub mod history;
 pub mod kv;
 pub mod layout;
+pub mod local;
 pub mod node;
 pub mod quorum;
 pub mod replication;
+pub mod tables;
 pub mod worklist;

@@ -16,6 +16,9 @@ pub enum NodeError {
     /// No table of that name is registered on the node.
     #[error("no table {0}")]
     NoTable(String),
+    /// A table of that name is already registered on the node.
+    #[error("a table named {0} is already registered")]
+    TableExists(String),
     /// No endpoint of that name is served by the node.
     #[error("unknown endpoint {0}")]
     UnknownEndpoint(String),
@@ -105,6 +108,7 @@ impl NodeError {
             NodeError::NoTable(_) | NodeError::UnknownEndpoint(_) => ErrorCode::NotFound,
             NodeError::Malformed(_) => ErrorCode::Malformed,
             NodeError::ReservedEndpoint(_)
+            | NodeError::TableExists(_)
             | NodeError::Forgotten(_)
             | NodeError::Forget(_)
             | NodeError::Staged(_) => ErrorCode::Refused,

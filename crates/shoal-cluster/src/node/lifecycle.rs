@@ -45,6 +45,7 @@ impl<T: Transport> Node<T> {
             .and_then(|b| rmp_serde::from_slice(&b).ok())
             .unwrap_or_default();
         history.push(&layout);
+        let id_key = shoal_sync::ids::IdKey::derive(secret.as_bytes());
         let state = Arc::new_cyclic(|weak: &std::sync::Weak<State<T>>| {
             let net = Network::new(
                 key,
@@ -73,6 +74,7 @@ impl<T: Transport> Node<T> {
                 responders: Mutex::new(HashMap::new()),
                 filling: Mutex::new(HashMap::new()),
                 next_session: std::sync::atomic::AtomicU64::new(1),
+                id_key,
                 tasks: Mutex::new(Vec::new()),
                 layout_tx: tokio::sync::watch::channel(layout.clone()).0,
                 peer_up_tx: tokio::sync::broadcast::channel(64).0,

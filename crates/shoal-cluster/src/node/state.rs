@@ -111,6 +111,9 @@ pub(super) struct State<T: Transport> {
     /// are asked to come back later rather than send the same items again.
     pub(super) filling: Mutex<HashMap<(String, u8), (SessionKey, Instant)>>,
     pub(super) next_session: std::sync::atomic::AtomicU64,
+    /// The key of the partition index's id hash, derived from the cluster secret: the same
+    /// on every node, so that replicas' sketches compare.
+    pub(super) id_key: shoal_sync::ids::IdKey,
     pub(super) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub(super) layout_tx: tokio::sync::watch::Sender<Layout>,
     pub(super) peer_up_tx: tokio::sync::broadcast::Sender<NodeId>,
@@ -203,5 +206,11 @@ impl<T: Transport> Node<T> {
     /// This node's RPC metrics.
     pub fn net_metrics(&self) -> shoal_net::NetMetrics {
         self.net().metrics().clone()
+    }
+
+    /// The key of every table's id hash (see [`shoal_sync::ids::IdKey`]), derived from the
+    /// cluster secret.
+    pub fn id_key(&self) -> shoal_sync::ids::IdKey {
+        self.state.id_key.clone()
     }
 }
