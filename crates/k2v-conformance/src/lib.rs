@@ -5,7 +5,7 @@
 //!
 //! It talks to any endpoint ([`Target`]) over plain HTTP/1.1 with requests signed by the
 //! `aws-sigv4` crate, so it runs against Shoal (in `cargo test`) and against Garage (by
-//! `shoal-bench conformance`) alike. [`run`] prints one line per case and a closing
+//! `shoal-bench conformance`) alike. [`run_all`] prints one line per case and a closing
 //! `P passed, F failed`.
 //!
 //! Where Garage departs from the specification or from what a careful store must do, the case

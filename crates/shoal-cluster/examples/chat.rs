@@ -101,7 +101,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cluster = LocalCluster::start(dir.path(), 3, 2).await?;
     let mut rooms = Vec::new();
     for n in cluster.nodes() {
-        rooms.push(n.node.open_table::<Chat>(&n.store, TableOptions::default()).await?);
+        rooms.push(
+            n.node
+                .open_table::<Chat>(&n.store, TableOptions::default())
+                .await?,
+        );
     }
     let (a, b, c) = (&rooms[0], &rooms[1], &rooms[2]);
 
@@ -113,9 +117,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Bob fixes his typo from node 2 while a stale client replays the old text from node 3
     // with an earlier stamp: the later edit wins on every replica.
     let mut fixed = typo.clone();
-    fixed.text.set(Stamp::new(5_000, b.node().id()), "hi ada, how are you?".into());
+    fixed.text.set(
+        Stamp::new(5_000, b.node().id()),
+        "hi ada, how are you?".into(),
+    );
     let mut stale = typo.clone();
-    stale.text.set(Stamp::new(4_500, c.node().id()), "hi ada, how r u".into());
+    stale
+        .text
+        .set(Stamp::new(4_500, c.node().id()), "hi ada, how r u".into());
     let (r1, r2) = tokio::join!(b.insert(&fixed), c.insert(&stale));
     r1?;
     r2?;

@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shoal_cluster::layout::{Layout, NodeRole};
-use shoal_cluster::node::{Node, NodeConfig};
-use shoal_net::{ClusterSecret, NetConfig, NodeKey, TcpTransport};
+use shoal_cluster::node::Node;
+use shoal_net::{ClusterSecret, TcpTransport};
 use shoal_storage::Store;
 use shoal_sync::ids::IdKey;
 use shoal_sync::index::{PartitionIndex, partition_of};
 use shoal_table::codec::{Initial, Versioned};
 use shoal_table::crdt::{Lww, NodeId, Stamp};
 use shoal_table::{Entry, Schema, Table, engine_key};
+use shoal_testkit::cluster::TestNodeConfig;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Kv {
@@ -49,12 +50,7 @@ impl Schema for KvTable {
     type Entry = Kv;
 }
 
-struct TestNode {
-    node: Node<TcpTransport>,
-    table: Table<KvTable>,
-    store: Store,
-    dir: tempfile::TempDir,
-}
+type TestNode = shoal_testkit::cluster::TestNode<KvTable>;
 
 async fn start(secret: &ClusterSecret, bootstrap: Vec<String>) -> TestNode {
     start_in(tempfile::tempdir().unwrap(), None, secret, bootstrap, 3).await
@@ -69,49 +65,16 @@ async fn start_in(
     bootstrap: Vec<String>,
     down_after: u32,
 ) -> TestNode {
-    let key = NodeKey::load_or_create(dir.path()).unwrap();
-    let store = store.unwrap_or_else(|| Store::open(dir.path().join("db.redb")).unwrap());
-    let index = PartitionIndex::open_async(&store, "kv", IdKey::derive(secret.as_bytes()))
-        .await
-        .unwrap();
-    let table = Table::<KvTable>::new(store.clone()).with_hook(index.clone());
-    let config = NodeConfig {
+    let config = TestNodeConfig {
         bootstrap,
-        heartbeat: Duration::from_millis(100),
         down_after,
-        net: NetConfig {
-            handshake_timeout: Duration::from_millis(500),
-            ..NetConfig::default()
-        },
-        ..NodeConfig::default()
+        ..TestNodeConfig::default()
     };
-    let node = Node::start(
-        key,
-        secret.clone(),
-        TcpTransport::default(),
-        "127.0.0.1:0",
-        config,
-        Layout::empty(3),
-    )
-    .await
-    .unwrap();
-    node.add_table(Arc::new((table.clone(), index)));
-    TestNode {
-        node,
-        table,
-        store,
-        dir,
-    }
+    TestNode::start_in(dir, store, secret, config).await
 }
 
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
+async fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    shoal_testkit::wait_until_async(what, Duration::from_secs(5), f).await
 }
 
 fn up_peers(n: &Node<TcpTransport>) -> usize {
@@ -442,7 +405,7 @@ async fn a_node_restarted_unseen_catches_up_at_once() {
     // anyone marks it down, its first full scan an hour away.
     let (dir, store) = (c.dir, c.store);
     c.node.shutdown();
-    drop((c.node, c.table));
+    drop((c.node, c.table, c.replicated));
     let missed = items("missed", 200);
     a.table.insert_many_async(missed.clone()).await.unwrap();
     b.table.insert_many_async(missed.clone()).await.unwrap();

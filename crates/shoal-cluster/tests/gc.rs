@@ -2,26 +2,20 @@
 //! anti-entropy never brings a deleted value back: not after a replica missed the delete, nor
 //! when a node was down for the whole delete-and-collect cycle.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_cluster::kv::{KvItem, KvTable};
 use shoal_cluster::layout::{Layout, NodeRole};
-use shoal_cluster::node::{Node, NodeConfig};
 use shoal_cluster::replication::Replicated;
-use shoal_net::{ClusterSecret, NetConfig, NodeKey, TcpTransport};
+use shoal_net::{ClusterSecret, TcpTransport};
 use shoal_storage::Store;
-use shoal_sync::ids::IdKey;
-use shoal_sync::index::PartitionIndex;
 use shoal_table::{Table, engine_key};
+use shoal_testkit::cluster::TestNodeConfig;
 
-struct TestNode {
-    node: Node<TcpTransport>,
-    table: Table<KvTable>,
-    store: Store,
-    dir: tempfile::TempDir,
-}
+type TestNode = shoal_testkit::cluster::TestNode<KvTable>;
 
+/// A node on `dir` (its key) and `store` (opened there if `None`) listening on `bind`, its
+/// layout kept in its store.
 async fn start_in(
     dir: tempfile::TempDir,
     store: Option<Store>,
@@ -29,50 +23,18 @@ async fn start_in(
     bootstrap: Vec<String>,
     bind: &str,
 ) -> TestNode {
-    let key = NodeKey::load_or_create(dir.path()).unwrap();
-    let store = store.unwrap_or_else(|| Store::open(dir.path().join("db.redb")).unwrap());
-    let index = PartitionIndex::open_async(&store, "kv", IdKey::derive(secret.as_bytes()))
-        .await
-        .unwrap();
-    let table = Table::<KvTable>::new(store.clone()).with_hook(index.clone());
-    let node = Node::start(
-        key,
-        secret.clone(),
-        TcpTransport::default(),
-        bind,
-        NodeConfig {
-            bootstrap,
-            heartbeat: Duration::from_millis(100),
-            down_after: 3,
-            net: NetConfig {
-                handshake_timeout: Duration::from_millis(500),
-                call_timeout: Duration::from_secs(2),
-                ..NetConfig::default()
-            },
-            system_store: Some(store.clone()),
-            ..NodeConfig::default()
-        },
-        Layout::empty(3),
-    )
-    .await
-    .unwrap();
-    node.add_table(Arc::new((table.clone(), index)));
-    TestNode {
-        node,
-        table,
-        store,
-        dir,
-    }
+    let config = TestNodeConfig {
+        bootstrap,
+        bind: bind.to_string(),
+        call_timeout: Some(Duration::from_secs(2)),
+        persist_state: true,
+        ..TestNodeConfig::default()
+    };
+    TestNode::start_in(dir, store, secret, config).await
 }
 
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
+async fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    shoal_testkit::wait_until_async(what, Duration::from_secs(10), f).await
 }
 
 async fn cluster(secret: &ClusterSecret, rf: usize) -> Vec<TestNode> {

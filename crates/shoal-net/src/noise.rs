@@ -49,7 +49,7 @@ pub enum HandshakeError {
 }
 
 /// Bytes a message of `len` bytes occupies on the connection when sealed by itself: its
-/// 4-byte length, cut into frames of at most [`MAX_PLAINTEXT`] bytes, each with its 4-byte
+/// 4-byte length, cut into frames of at most `MAX_PLAINTEXT` bytes, each with its 4-byte
 /// frame length and 16-byte tag.
 pub fn sealed_len(len: usize) -> usize {
     let plain = 4 + len;
@@ -199,7 +199,7 @@ pub enum ChannelError {
 /// Encrypts application messages into frames, reusing one buffer for the plaintext.
 ///
 /// Messages are queued, then sealed together: the queued messages (each behind its length)
-/// form one stream cut into frames of at most [`MAX_PLAINTEXT`] bytes. A batch of small
+/// form one stream cut into frames of at most `MAX_PLAINTEXT` bytes. A batch of small
 /// messages thus costs one encryption, not one each: for a message of a hundred bytes the
 /// cipher's per-call setup (Poly1305's key powers) costs more than the bytes themselves.
 #[derive(Default)]

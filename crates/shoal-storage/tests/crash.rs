@@ -4,12 +4,11 @@
 //! The test binary runs itself as the child (`crash_child`, inert unless `SHOAL_CRASH_DIR` is
 //! set), so the writer is a real separate process using the real engine.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use shoal_storage::{Direction, KeyRange, StorageError, Store};
+use shoal_testkit::child::{WriterChild, ack};
 
 const KEYS_PER_TX: usize = 3;
 
@@ -36,9 +35,7 @@ fn crash_child() {
                             Ok::<_, StorageError>(())
                         })
                         .unwrap();
-                    let mut o = out.lock().unwrap();
-                    writeln!(o, "ack {tx_id}").unwrap();
-                    o.flush().unwrap();
+                    ack(&mut *out.lock().unwrap(), &tx_id);
                 }
             });
         }
@@ -48,35 +45,19 @@ fn crash_child() {
 #[test]
 fn acknowledged_writes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     let rounds = 25;
     let mut total_acked = 0usize;
     for round in 0..rounds {
-        let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-            .env("SHOAL_CRASH_DIR", dir.path())
-            .env("SHOAL_CRASH_ROUND", round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut acked = Vec::new();
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(id) = line.strip_prefix("ack ") {
-                    acked.push(id.to_string());
-                }
-            }
-            acked
-        });
+        let child = WriterChild::spawn(
+            "crash_child",
+            &[
+                ("SHOAL_CRASH_DIR", dir.path().display().to_string()),
+                ("SHOAL_CRASH_ROUND", round.to_string()),
+            ],
+        );
         // Let the child open the store and write for a random while, then kill it mid-write.
-        std::thread::sleep(Duration::from_millis(rng.random_range(30..400)));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        let acked = reader.join().unwrap();
+        let acked = child.kill_after(Duration::from_millis(rng.random_range(30..400)));
 
         let store = Store::open(dir.path().join("crash.redb"))
             .unwrap_or_else(|e| panic!("round {round}: store must reopen after SIGKILL: {e}"));

@@ -6,7 +6,7 @@
 //!   check and count of the ids of all its items), and its full difference-size summary (the
 //!   16-byte mini summary of `Hello` is folded from it): updated in O(1) per id by every write,
 //!   held in memory, persisted by checkpoints;
-//! - an *id map* from each id to the item's engine key ([`idmap`]: a delta in memory, sorted runs
+//! - an *id map* from each id to the item's engine key (`idmap`: a delta in memory, sorted runs
 //!   on disk written by checkpoints): a session finds the items behind the ids it decoded with a
 //!   few point reads each, and lists a partition's ids without reading or hashing its items.
 //!

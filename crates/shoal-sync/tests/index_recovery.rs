@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +16,7 @@ use shoal_storage::{Direction, KeyRange, StorageError, Store, TxError};
 use shoal_sync::ids::IdKey;
 use shoal_sync::index::{Head, PartitionIndex};
 use shoal_table::{Change, ChangeHook, Schema, Table};
+use shoal_testkit::child::{WriterChild, ack};
 
 const HEAD_TREE: &str = "items~head";
 
@@ -208,9 +207,7 @@ fn index_crash_child() {
                             value.as_bytes(),
                         ))
                         .unwrap();
-                    let mut o = out.lock().unwrap();
-                    writeln!(o, "ack {pk} {sk} {value}").unwrap();
-                    o.flush().unwrap();
+                    ack(&mut *out.lock().unwrap(), &format!("{pk} {sk} {value}"));
                 }
             });
         }
@@ -220,42 +217,25 @@ fn index_crash_child() {
 #[test]
 fn heads_equal_the_items_after_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x1dec5);
     let rounds = 12;
     let mut acked_total = 0;
     for round in 0..rounds {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "index_crash_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("SHOAL_INDEX_CRASH_DIR", dir.path())
-            .env("SHOAL_INDEX_CRASH_ROUND", round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut acked = Vec::new();
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix("ack ") {
-                    let f: Vec<String> = rest.split(' ').map(String::from).collect();
-                    if f.len() == 3 {
-                        acked.push((f[0].clone(), f[1].clone(), f[2].clone()));
-                    }
-                }
-            }
-            acked
-        });
-        std::thread::sleep(Duration::from_millis(rng.random_range(50..400)));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let acked = reader.join().unwrap();
+        let child = WriterChild::spawn(
+            "index_crash_child",
+            &[
+                ("SHOAL_INDEX_CRASH_DIR", dir.path().display().to_string()),
+                ("SHOAL_INDEX_CRASH_ROUND", round.to_string()),
+            ],
+        );
+        let acked: Vec<(String, String, String)> = child
+            .kill_after(Duration::from_millis(rng.random_range(50..400)))
+            .into_iter()
+            .filter_map(|line| {
+                let f: Vec<String> = line.split(' ').map(String::from).collect();
+                (f.len() == 3).then(|| (f[0].clone(), f[1].clone(), f[2].clone()))
+            })
+            .collect();
 
         let (table, index) = open(&dir.path().join("crash.redb"), 50);
         let items = table.len().unwrap();

@@ -6,7 +6,7 @@
 //!
 //! Blocks: [`Lww`] (last-writer-wins register ordered by [`Stamp`] = (timestamp, node id)),
 //! [`LwwMap`] (a map of such registers), [`Flag`] (once true, true forever), and merges for
-//! `Option`, `BTreeMap`, pairs and plain ordered values ([`Max`]). [`crdt_struct!`] composes
+//! `Option`, `BTreeMap`, pairs and plain ordered values ([`Max`]). [`crdt_struct!`](crate::crdt_struct) composes
 //! them field by field into an entry type.
 
 use std::collections::BTreeMap;

@@ -1,6 +1,5 @@
 //! `shoal server`: run one node until interrupted.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,15 +26,6 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
         consistency: config.consistency_mode,
         ..NodeConfig::default()
     };
-    let index = shoal_sync::index::PartitionIndex::open_async(
-        &store,
-        "kv",
-        shoal_sync::ids::IdKey::derive(config.secret().as_bytes()),
-    )
-    .await
-    .context("opening the kv table's partition index")?;
-    let kv = shoal_table::Table::<shoal_cluster::kv::KvTable>::new(store.clone())
-        .with_hook(index.clone());
     // Bound to one address (not all of them): dial from it too, so each node shows one
     // address to its peers and to firewalls.
     let transport = match config.rpc_bind_addr.parse::<std::net::SocketAddr>() {
@@ -52,7 +42,21 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("listening on {}", config.rpc_bind_addr))?;
-    node.add_table(Arc::new((kv, index)));
+    let syncer = SyncerConfig {
+        start_delay: Duration::from_millis(config.sync_start_delay_ms),
+        scan_interval: Duration::from_secs(config.sync_interval_secs),
+        ..SyncerConfig::default()
+    };
+    // The operator's `kv` table: declared in one call (index, hook, sync, syncer, collector).
+    node.open_table::<shoal_cluster::kv::KvTable>(
+        &store,
+        shoal_cluster::tables::TableOptions {
+            syncer: Some(syncer.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .context("opening the kv table")?;
     let api = shoal_api::Api::install(
         &node,
         &store,
@@ -67,22 +71,11 @@ pub async fn run(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("installing the K2V API: {e}"))?;
-    for table in ["kv", "k2v", "keys", "buckets"] {
-        node.start_syncer(
-            table,
-            SyncerConfig {
-                start_delay: Duration::from_millis(config.sync_start_delay_ms),
-                scan_interval: Duration::from_secs(config.sync_interval_secs),
-                ..SyncerConfig::default()
-            },
-        )
-        .map_err(anyhow::Error::msg)?;
+    for table in ["k2v", "keys", "buckets"] {
+        node.start_syncer(table, syncer.clone())?;
     }
-    // Tombstones of the K2V and kv tables are collected once every replica holds them.
-    for table in ["kv", "k2v"] {
-        node.start_gc(table, shoal_cluster::node::GcConfig::default())
-            .map_err(anyhow::Error::msg)?;
-    }
+    // Tombstones of the K2V table are collected once every replica holds them.
+    node.start_gc("k2v", shoal_cluster::node::GcConfig::default())?;
     let _admin_server = match &config.admin_bind_addr {
         Some(bind) => {
             let registry = shoal_api::metrics::registry(&node, &store, api.metrics());

@@ -1,7 +1,6 @@
 //! Kill -9 a node of a real 3-node cluster, keep writing at quorum, restart it: background sync
 //! alone (no reads) brings every partition back to the same digest as its peers.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -26,15 +25,7 @@ fn a_killed_node_catches_up_by_background_sync_alone() {
     let conf = |k: u32| dir.path().join(format!("node{k}/shoal.toml"));
 
     // Kill node 3 outright.
-    let pid = std::fs::read_to_string(dir.path().join("node3/shoal.pid")).unwrap();
-    assert!(
-        Command::new("kill")
-            .args(["-9", pid.trim()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    shoal_testkit::kill_by_pid_file(&dir.path().join("node3/shoal.pid"));
 
     // Writes keep succeeding at quorum (2 of 3) while it is down.
     let out = shoal()

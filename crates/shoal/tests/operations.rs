@@ -149,15 +149,7 @@ fn metrics_admin_token_and_repair_of_a_wiped_node() {
     assert!(sync.contains("QUEUED") && sync.contains("kv"), "{sync}");
 
     // Wipe node 3's data (not its key: it is the same node, with nothing).
-    let pid = std::fs::read_to_string(dir.path().join("node3/shoal.pid")).unwrap();
-    assert!(
-        Command::new("kill")
-            .args(["-9", pid.trim()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    shoal_testkit::kill_by_pid_file(&dir.path().join("node3/shoal.pid"));
     std::fs::remove_file(dir.path().join("node3/db.redb")).unwrap();
     let node3 = start_server(&conf(3));
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -1,5 +1,5 @@
 //! A running cluster node, one concern per file. Every file adds methods to the one [`Node`]
-//! handle over the shared [`State`]; each imports only the files below it, so the
+//! handle over the shared `State`; each imports only the files below it, so the
 //! module reads bottom-up:
 //!
 //! - Vocabulary, with no node in it: `wire` (the messages), `endpoint` (the node's RPC
