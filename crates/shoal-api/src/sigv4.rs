@@ -5,6 +5,9 @@
 //! accepted both singly encoded (S3 style) and doubly encoded (what AWS SDKs do for every other
 //! service, `k2v` included): both bind the signature to the same path. Derived signing keys
 //! are memoized (a function of their inputs alone), so a day's requests derive one.
+//!
+//! Over 800 lines, of which about 250 are its tests (AWS's published vectors and each real
+//! signer's canonical forms): the algorithm itself is under 600.
 
 use std::borrow::Cow;
 use std::collections::HashMap;

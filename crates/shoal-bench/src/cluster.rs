@@ -4,6 +4,9 @@
 //! Shoal, catch-up of a node that missed writes and repair of a wiped node (time and bytes).
 //!
 //! Prepare the peers once with `bench/prepare-peers.sh`.
+//!
+//! Over 800 lines on purpose: each system's driver and the shared report are kept side by side
+//! so that what each peer was asked to do, and with which settings, can be compared in one place.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,4 +1,8 @@
 //! Multiplexed RPC over authenticated connections.
+//!
+//! Over 800 lines on purpose: the call path, the connection's reader and writer, and the
+//! reconnection rules share one `Conn` and its invariants (pending replies, request permits,
+//! the priority lane); the envelope and the failure codes are in `rpc/`.
 
 use std::collections::BTreeMap;
 use std::future::Future;

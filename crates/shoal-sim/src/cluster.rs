@@ -1,6 +1,9 @@
 //! Whole-cluster scenarios: five real nodes (the product's `Node`, quorum replication, syncer)
 //! in one turmoil simulation, clients writing, reading and deleting through the nodes'
 //! client-facing operations, faults injected on a seeded schedule, then a heal and the checks.
+//!
+//! Over 800 lines on purpose: the scenarios, their fault schedule and the invariant checks
+//! share one run's state, and are read together when a seed fails.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -22,6 +22,9 @@
 //! Every message is at most [`MAX_MESSAGE_BYTES`](crate::protocol::MAX_MESSAGE_BYTES): cells, ids
 //! and items stream over as many messages as needed. An unexpected message is a
 //! [`SyncError::Protocol`] and changes nothing.
+//!
+//! Over 800 lines on purpose: one state machine, whose states and transitions read best side
+//! by side; the messages are in `protocol`, the sketch in `sketch`.
 
 use std::collections::{HashSet, VecDeque};
 
