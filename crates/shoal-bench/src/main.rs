@@ -11,6 +11,7 @@ mod negentropy_baseline;
 mod overload;
 mod peers;
 mod procs;
+mod scale;
 mod storage;
 mod sync;
 mod syncload;
@@ -47,6 +48,9 @@ enum Command {
     /// The syncer's share of a node's CPU under steady durable writes, one node cut off every
     /// 30 s (root: iptables).
     Syncload(syncload::Args),
+    /// N real nodes as `shoal dev` configures them: time to form, idle RPC bytes per node,
+    /// memory per node, failure and recovery detection, catch-up (root: iptables).
+    Scale(scale::ScaleArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,5 +63,6 @@ fn main() -> anyhow::Result<()> {
         Command::Overload(args) => overload::run(&args),
         Command::Conformance(args) => conformance::run(&args),
         Command::Syncload(args) => syncload::run(&args),
+        Command::Scale(args) => scale::run(&args),
     }
 }

@@ -7,8 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// The release `shoal` binary beside this one (built first if needed).
+/// The release `shoal` binary beside this one (built first if needed), or the one `SHOAL_BIN`
+/// names (to measure another build with this bench).
 pub fn shoal_binary() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("SHOAL_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "--quiet", "-p", "shoal"])
         .status()
@@ -75,6 +79,8 @@ pub struct ShoalCluster {
     pub nodes: Vec<ShoalNode>,
     /// The K2V access key id and secret, and the bucket, once set up.
     pub k2v: Option<(String, String, String)>,
+    /// The admin endpoints' bearer token.
+    pub admin_token: String,
 }
 
 impl ShoalCluster {
@@ -146,6 +152,7 @@ impl ShoalCluster {
             bin,
             nodes,
             k2v: None,
+            admin_token: token.clone(),
         };
         for k in 0..cluster.nodes.len() {
             cluster.start_node(k)?;
@@ -423,6 +430,18 @@ impl Chain {
             .skip(2)
             .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
             .sum())
+    }
+
+    /// Bytes counted by each rule since the last [`Chain::zero`], in the rules' order.
+    pub fn bytes_by_rule(&self) -> anyhow::Result<Vec<u64>> {
+        let out = Command::new("iptables")
+            .args(["-L", &self.name, "-v", "-x", "-n"])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .collect())
     }
 
     fn remove(&self) {

@@ -13,6 +13,9 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
 
+/// The length prefix of every frame on a connection.
+const FRAME_LENGTH_BYTES: u64 = 4;
+
 fn latency_histogram() -> Histogram {
     // 100 µs to ~6.5 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 17))
@@ -24,6 +27,10 @@ pub struct NetMetrics {
     calls: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
     served: Family<Labels, Counter>,
+    /// Bytes written to and read from node-to-node connections after the handshake: every
+    /// frame with its 4-byte length (TCP/IP headers not counted).
+    bytes_sent: Counter,
+    bytes_received: Counter,
     /// Each endpoint's series, looked up once: a call then costs a map lookup by `&str` and
     /// atomic adds, not label vectors built, hashed and dropped (several allocations per call).
     handles: Arc<RwLock<HashMap<String, Arc<EndpointSeries>>>>,
@@ -46,6 +53,8 @@ impl Default for NetMetrics {
             calls: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             served: Family::default(),
+            bytes_sent: Counter::default(),
+            bytes_received: Counter::default(),
             handles: Arc::default(),
         }
     }
@@ -69,6 +78,36 @@ impl NetMetrics {
             "RPC requests served, by endpoint and outcome (ok, error)",
             self.served.clone(),
         );
+        registry.register(
+            "shoal_rpc_bytes_sent",
+            "Bytes written to node-to-node connections (frames with their length; no TCP/IP headers)",
+            self.bytes_sent.clone(),
+        );
+        registry.register(
+            "shoal_rpc_bytes_received",
+            "Bytes read from node-to-node connections (frames with their length; no TCP/IP headers)",
+            self.bytes_received.clone(),
+        );
+    }
+
+    /// Bytes written to node-to-node connections so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.get()
+    }
+
+    /// Bytes read from node-to-node connections so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received.get()
+    }
+
+    /// Counts a frame of `len` bytes written (its 4-byte length added here).
+    pub(crate) fn frame_sent(&self, len: usize) {
+        self.bytes_sent.inc_by(len as u64 + FRAME_LENGTH_BYTES);
+    }
+
+    /// Counts a frame of `len` bytes read.
+    pub(crate) fn frame_received(&self, len: usize) {
+        self.bytes_received.inc_by(len as u64 + FRAME_LENGTH_BYTES);
     }
 
     fn series(&self, endpoint: &str) -> Arc<EndpointSeries> {
@@ -161,6 +200,7 @@ mod tests {
         m.record_call("table.read", CallOutcome::Ok, 0.002);
         m.record_call("table.read", CallOutcome::Timeout, 0.5);
         m.clone().record_served("table.read", false);
+        m.frame_sent(100);
         let text = exposition(&m);
         for line in [
             "shoal_rpc_calls_total{endpoint=\"table.read\",outcome=\"ok\"} 2",
@@ -168,6 +208,7 @@ mod tests {
             "shoal_rpc_calls_total{endpoint=\"table.read\",outcome=\"error\"} 0",
             "shoal_rpc_call_seconds_count{endpoint=\"table.read\"} 3",
             "shoal_rpc_served_total{endpoint=\"table.read\",outcome=\"error\"} 1",
+            "shoal_rpc_bytes_sent_total 104",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

@@ -717,6 +717,7 @@ impl<T: Transport> Network<T> {
         } = secured;
         let writer_cipher = cipher.clone();
         let writer_conn = conn.clone();
+        let writer_metrics = self.inner.metrics.clone();
         let writer = tokio::spawn(async move {
             let mut sealer = Sealer::default();
             let mut frames = Vec::new();
@@ -754,6 +755,7 @@ impl<T: Transport> Network<T> {
                 }
                 sealer.seal(&writer_cipher, &mut frames);
                 for frame in frames.drain(..) {
+                    writer_metrics.frame_sent(frame.len());
                     if let Err(e) = sink.feed(frame).await {
                         debug!(?peer, error = %e, "send failed");
                         writer_conn.alive.store(false, Ordering::SeqCst);
@@ -775,6 +777,7 @@ impl<T: Transport> Network<T> {
                 let frame = match stream.next().await {
                     Some(Ok(f)) => {
                         *reader_conn.last_heard.lock() = tokio::time::Instant::now();
+                        net.inner.metrics.frame_received(f.len());
                         f
                     }
                     Some(Err(e)) => break ChannelError::Closed(e.to_string()),
