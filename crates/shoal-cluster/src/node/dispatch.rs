@@ -103,6 +103,8 @@ impl<T: Transport> Node<T> {
             NodeEndpoint::GcCheck => self.serve_gc_check(&body).await,
             NodeEndpoint::GcDelete => self.serve_gc_delete(&body).await,
             NodeEndpoint::SyncMissed => self.serve_missed(&body),
+            NodeEndpoint::PingRelay => self.serve_ping_relay(&body).await,
+            NodeEndpoint::MembersUpdate => self.serve_members_update(&body),
         }
     }
 

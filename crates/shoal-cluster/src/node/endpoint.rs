@@ -99,6 +99,10 @@ endpoints! {
     GcDelete = "gc.delete", Nodes;
     /// A replica missed a write of a partition: sync it now.
     SyncMissed = "sync.missed", Nodes;
+    /// Pings a member for a node that could not reach it (an indirect probe).
+    PingRelay = "ping.relay", Nodes;
+    /// A member seen going down or coming up, told by the node that saw it.
+    MembersUpdate = "members.update", Nodes;
 }
 
 impl NodeEndpoint {

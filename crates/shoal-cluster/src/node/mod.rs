@@ -42,6 +42,7 @@ pub use endpoint::{Caller, Endpoint, NodeEndpoint};
 pub use error::{BlockingFailed, NodeError};
 pub use gc::GcConfig;
 pub use layout_state::WriteInFlight;
+pub use membership::{FULL_PROBE_MAX_PEERS, INDIRECT_PROBES, PROBES_PER_PERIOD};
 pub use session::PeerSyncError;
 pub use staging::LayoutReport;
 pub use state::{Node, NodeConfig, PeerStatus, Staged, WallClock};

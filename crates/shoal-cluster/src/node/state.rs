@@ -111,6 +111,8 @@ pub(super) struct State<T: Transport> {
     /// are asked to come back later rather than send the same items again.
     pub(super) filling: Mutex<HashMap<(String, u8), (SessionKey, Instant)>>,
     pub(super) next_session: std::sync::atomic::AtomicU64,
+    /// Large clusters: the peers still to probe in this cycle, and the cycles done.
+    pub(super) probe_order: Mutex<(Vec<NodeId>, u64)>,
     /// The key of the partition index's id hash, derived from the cluster secret: the same
     /// on every node, so that replicas' sketches compare.
     pub(super) id_key: shoal_sync::ids::IdKey,

@@ -51,11 +51,35 @@ pub(super) fn bound_from_wire(b: std::ops::Bound<ByteBuf>) -> std::ops::Bound<Ve
     }
 }
 
+/// A heartbeat: the caller's address and a digest of the members it knows. (A node older than
+/// the digest sends its address alone, as a string.)
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct PingRequest {
+    pub(super) addr: String,
+    pub(super) peers_digest: u64,
+}
+
+/// A change of a member's state, told to every peer by the node that saw it (large clusters:
+/// see `membership`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct MemberChange {
+    pub(super) id: NodeId,
+    pub(super) addr: String,
+    pub(super) up: bool,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct PingReply {
     pub(super) addr: String,
     pub(super) layout_version: u64,
+    /// Every member the answering node knows, itself included, with its address: sent only
+    /// when the caller's digest of them differs from the answering node's (or the caller sent
+    /// none), so that an idle cluster's heartbeats do not carry the member list.
+    #[serde(default)]
     pub(super) peers: Vec<(NodeId, String)>,
+    /// The answering node's digest of the members it knows.
+    #[serde(default)]
+    pub(super) peers_digest: u64,
     /// The highest layout version whose data the answering node has finished syncing.
     #[serde(default)]
     pub(super) synced: u64,

@@ -1,0 +1,91 @@
+//! Membership in a cluster larger than the full-probe limit: each node probes a few peers per
+//! period, yet every node sees a killed node down, and back up after its restart, within a few
+//! periods; and an idle node's traffic does not grow with the cluster.
+
+use std::time::Duration;
+
+use shoal_cluster::kv::KvTable;
+use shoal_cluster::node::FULL_PROBE_MAX_PEERS;
+use shoal_net::ClusterSecret;
+use shoal_testkit::cluster::{TestNode, TestNodeConfig};
+
+type Node = TestNode<KvTable>;
+
+async fn wait_until(what: &str, within: Duration, f: impl FnMut() -> bool) {
+    shoal_testkit::wait_until_async(what, within, f).await
+}
+
+fn up_count(n: &Node) -> usize {
+    n.node.peers().iter().filter(|p| p.up).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_cluster_sees_a_node_go_down_and_come_back() {
+    let secret = ClusterSecret::from_bytes([77; 32]);
+    let size = FULL_PROBE_MAX_PEERS + 4;
+    let first = Node::start(&secret, TestNodeConfig::default()).await;
+    let seed = vec![first.node.public_addr()];
+    let mut nodes = vec![first];
+    for _ in 1..size {
+        let config = TestNodeConfig {
+            bootstrap: seed.clone(),
+            ..TestNodeConfig::default()
+        };
+        nodes.push(Node::start(&secret, config).await);
+    }
+    wait_until(
+        "every node sees every other up",
+        Duration::from_secs(20),
+        || nodes.iter().all(|n| up_count(n) == size - 1),
+    )
+    .await;
+
+    // Idle: a node's heartbeats are a few per period, whatever the cluster's size (each of
+    // the 100 ms periods probes one peer; answering others' probes is about as many).
+    let sent_before = nodes[0].node.net_metrics().bytes_sent();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = nodes[0].node.net_metrics().bytes_sent() - sent_before;
+    // Probing every peer each period (the small-cluster mode) would send about 10 pings and
+    // 10 answers per 100 ms here, each over 100 bytes: 40 KB in 2 s.
+    assert!(sent < 15_000, "node 1 sent {sent} bytes in 2 s while idle");
+
+    // The last node dies: every other sees it down within a few periods.
+    let victim = nodes.pop().unwrap();
+    let victim_id = victim.node.id();
+    let (dir, store) = (victim.dir, victim.store);
+    victim.node.shutdown();
+    drop((victim.node, victim.table, victim.replicated));
+    let down = |n: &Node| n.node.peers().iter().any(|p| p.id == victim_id && !p.up);
+    wait_until(
+        "every node sees the victim down",
+        Duration::from_secs(10),
+        || nodes.iter().all(down),
+    )
+    .await;
+
+    // It restarts (same key, same store): every other sees it up again.
+    let back = Node::start_in(
+        dir,
+        Some(store),
+        &secret,
+        TestNodeConfig {
+            bootstrap: seed.clone(),
+            ..TestNodeConfig::default()
+        },
+    )
+    .await;
+    assert_eq!(back.node.id(), victim_id);
+    let up = |n: &Node| n.node.peers().iter().any(|p| p.id == victim_id && p.up);
+    wait_until(
+        "every node sees the victim up again",
+        Duration::from_secs(10),
+        || nodes.iter().all(up),
+    )
+    .await;
+    wait_until(
+        "the victim sees every node up",
+        Duration::from_secs(10),
+        || up_count(&back) == size - 1,
+    )
+    .await;
+}
