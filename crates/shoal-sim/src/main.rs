@@ -19,9 +19,13 @@ struct Args {
     /// One scenario: partitions, crashes, clock-skew, layout-change, mixed (default: all).
     #[arg(long)]
     scenario: Option<String>,
-    /// Replicas of each partition over the five nodes (1 to 5); quorums are majorities.
+    /// Replicas of each partition (1 to 5, at most the node count); quorums are majorities.
     #[arg(long, default_value_t = 3)]
     rf: usize,
+    /// Nodes in the simulated cluster (5 by default; 50 or more exercise the membership of
+    /// large clusters: a few probes per period, indirect probes, told changes).
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
     /// Print every run, not only failures.
     #[arg(long)]
     verbose: bool,
@@ -45,8 +49,8 @@ fn main() -> std::process::ExitCode {
             }
         },
     };
-    if !(1..=5).contains(&args.rf) {
-        eprintln!("--rf must be from 1 to 5 (the simulated cluster has five nodes)");
+    if !(1..=5).contains(&args.rf) || args.rf > args.nodes {
+        eprintln!("--rf must be from 1 to 5, and at most --nodes");
         return std::process::ExitCode::from(2);
     }
     let (mut passed, mut failed) = (0u64, 0u64);
@@ -56,6 +60,7 @@ fn main() -> std::process::ExitCode {
         for seed in args.first_seed..args.first_seed + args.seeds {
             let outcome = run(&RunConfig {
                 rf: args.rf,
+                nodes: args.nodes,
                 ..RunConfig::new(seed, scenario)
             });
             acked += outcome.acked;
@@ -78,10 +83,11 @@ fn main() -> std::process::ExitCode {
             } else {
                 failed += 1;
                 println!(
-                    "FAIL {} seed {seed} (replay: cargo run --release -p shoal-sim -- --scenario {} --rf {} --first-seed {seed} --seeds 1 --verbose)",
+                    "FAIL {} seed {seed} (replay: cargo run --release -p shoal-sim -- --scenario {} --rf {} --nodes {} --first-seed {seed} --seeds 1 --verbose)",
                     scenario.name(),
                     scenario.name(),
-                    args.rf
+                    args.rf,
+                    args.nodes
                 );
                 for v in outcome.violations.iter().take(10) {
                     println!("     {v}");

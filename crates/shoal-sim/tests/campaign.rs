@@ -74,6 +74,22 @@ fn rf5_mixed() {
     campaign_at(Scenario::Mixed, 5, 17);
 }
 
+/// Fifty nodes, beyond the full-probe limit: each node probes one peer per period, failed
+/// probes go through relays, changes are told to every peer. Partitions and crashes (one seed
+/// each: a fifty-node run is ten times a five-node one) keep every invariant.
+#[test]
+fn fifty_nodes_partitions_and_crashes() {
+    for scenario in [Scenario::Partitions, Scenario::Crashes] {
+        let o = run(&RunConfig {
+            nodes: 50,
+            ..RunConfig::new(1, scenario)
+        });
+        assert!(o.acked > 100, "the workload must actually write: {}", o.acked);
+        assert!(o.faults > 0, "faults must be injected");
+        assert!(o.passed(), "{}: {}", scenario.name(), o.violations.join("; "));
+    }
+}
+
 /// The replay child: runs one seed and prints its trace (inert unless `SHOAL_SIM_REPLAY`).
 #[test]
 fn replay_child() {
