@@ -110,7 +110,25 @@ impl ShoalCluster {
         bucket: &str,
         settings: &str,
     ) -> anyhow::Result<Self> {
-        let bin = shoal_binary()?;
+        Self::start_binary(
+            shoal_binary()?,
+            dir,
+            specs,
+            replication_factor,
+            bucket,
+            settings,
+        )
+    }
+
+    /// [`ShoalCluster::start_with`] running `bin` (already built).
+    pub fn start_binary(
+        bin: PathBuf,
+        dir: &Path,
+        specs: Vec<NodeSpec>,
+        replication_factor: usize,
+        bucket: &str,
+        settings: &str,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let secret = hex32();
         let token = hex32();

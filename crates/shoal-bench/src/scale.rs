@@ -74,10 +74,18 @@ pub fn run(args: &ScaleArgs) -> anyhow::Result<()> {
         chain.append(&["-p", "tcp", "-d", &s.ip, "--dport", &port])?;
         chain.append(&["-p", "tcp", "-d", &s.ip, "--sport", &port])?;
     }
+    // Built (if need be) before the clock starts: forming is the processes' time only.
+    let bin = crate::procs::shoal_binary()?;
     let started = Instant::now();
     eprintln!("starting {n} nodes");
-    let mut cluster =
-        ShoalCluster::start_with(&args.dir.join("conf"), specs, rf, "scale", DEV_SETTINGS)?;
+    let mut cluster = ShoalCluster::start_binary(
+        bin,
+        &args.dir.join("conf"),
+        specs,
+        rf,
+        "scale",
+        DEV_SETTINGS,
+    )?;
     let token = cluster.admin_token.clone();
     let admin = |k: usize| (cluster.nodes[k].spec.ip.clone(), RPC_PORT + 2000);
     let addrs: Vec<(String, u16)> = (0..n).map(admin).collect();

@@ -84,9 +84,18 @@ fn fifty_nodes_partitions_and_crashes() {
             nodes: 50,
             ..RunConfig::new(1, scenario)
         });
-        assert!(o.acked > 100, "the workload must actually write: {}", o.acked);
+        assert!(
+            o.acked > 100,
+            "the workload must actually write: {}",
+            o.acked
+        );
         assert!(o.faults > 0, "faults must be injected");
-        assert!(o.passed(), "{}: {}", scenario.name(), o.violations.join("; "));
+        assert!(
+            o.passed(),
+            "{}: {}",
+            scenario.name(),
+            o.violations.join("; ")
+        );
     }
 }
 

@@ -75,6 +75,7 @@ impl<T: Transport> Node<T> {
                 filling: Mutex::new(HashMap::new()),
                 next_session: std::sync::atomic::AtomicU64::new(1),
                 probe_order: Mutex::new((Vec::new(), 0)),
+                last_probe: Mutex::new(None),
                 id_key,
                 tasks: Mutex::new(Vec::new()),
                 layout_tx: tokio::sync::watch::channel(layout.clone()).0,

@@ -18,6 +18,9 @@ use crate::layout::Layout;
 pub const FULL_PROBE_MAX_PEERS: usize = 7;
 /// Beyond, peers probed per period.
 pub const PROBES_PER_PERIOD: usize = 1;
+/// Beyond, the shortest period between probes (a shorter heartbeat probes no faster): with a
+/// peer probed per second by every node, each node is probed about once a second.
+pub const LARGE_PROBE_PERIOD: Duration = Duration::from_secs(1);
 /// Peers asked to ping a peer whose probe failed before it is declared down.
 pub const INDIRECT_PROBES: usize = 2;
 
@@ -51,6 +54,14 @@ impl<T: Transport> Node<T> {
         let peers = self.peers();
         let large = peers.len() > FULL_PROBE_MAX_PEERS;
         let targets = if large {
+            // At most one probe round per `LARGE_PROBE_PERIOD`, however short the heartbeat.
+            let mut last = self.state.last_probe.lock();
+            let due = last.is_none_or(|t| t.elapsed() >= LARGE_PROBE_PERIOD);
+            if !due {
+                return;
+            }
+            *last = Some(tokio::time::Instant::now());
+            drop(last);
             self.next_probe_targets(&peers)
         } else {
             peers

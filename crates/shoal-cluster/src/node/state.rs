@@ -113,6 +113,8 @@ pub(super) struct State<T: Transport> {
     pub(super) next_session: std::sync::atomic::AtomicU64,
     /// Large clusters: the peers still to probe in this cycle, and the cycles done.
     pub(super) probe_order: Mutex<(Vec<NodeId>, u64)>,
+    /// Large clusters: when the last probe went out.
+    pub(super) last_probe: Mutex<Option<Instant>>,
     /// The key of the partition index's id hash, derived from the cluster secret: the same
     /// on every node, so that replicas' sketches compare.
     pub(super) id_key: shoal_sync::ids::IdKey,

@@ -511,15 +511,24 @@ impl<T: Transport> Node<T> {
         if node != me && !up.contains(&node) {
             return;
         }
-        let holders = self
-            .replication_of(table)
-            .nodes_of(&self.layout(), partition);
-        if holders.contains(&me) {
+        let replication = self.replication_of(table);
+        let holders = replication.nodes_of(&self.layout(), partition);
+        // In a large cluster, a fully replicated table's sync pass stops once it has reached
+        // enough nodes (see `work`), not necessarily the one that missed the write: that node
+        // is asked to pull.
+        let full = replication == crate::worklist::Replication::Full
+            && holders.len() > super::membership::FULL_PROBE_MAX_PEERS + 1;
+        if holders.contains(&me) && (node == me || !full) {
             self.queue_missed(table, partition);
             return;
         }
-        let Some(relay) = holders.into_iter().find(|h| *h != node && up.contains(h)) else {
-            return;
+        let relay = if full {
+            node
+        } else {
+            let Some(relay) = holders.into_iter().find(|h| *h != node && up.contains(h)) else {
+                return;
+            };
+            relay
         };
         let (net, body) = (self.net().clone(), encode(&(table, partition)));
         tokio::spawn(async move {

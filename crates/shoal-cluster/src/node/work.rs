@@ -12,6 +12,10 @@ use super::syncer::Processed;
 use super::table::SyncTable;
 use crate::worklist::Work;
 
+/// In a large cluster, the fewest peers a fully replicated table's partition is synced with
+/// in one pass (see `Node::sync_partition`).
+pub const FULL_TABLE_PEERS_PER_PASS: usize = 2;
+
 impl<T: Transport> Node<T> {
     /// Takes one piece of work: syncs the partition if this node stores it in a live layout
     /// version, else offloads it.
@@ -44,13 +48,35 @@ impl<T: Transport> Node<T> {
         // network once instead of once per replica (catch-up bytes halve with 3 replicas).
         // Partitions still sync in parallel, so the time barely changes. The starting
         // replica rotates with the partition to spread the work over the peers.
+        // A fully replicated table's partition is on every node: in a large cluster, syncing
+        // with all of them each pass would cost every node a session per partition per peer,
+        // and the cluster the square of its size. There, a pass stops once it has reached
+        // enough nodes that every write quorum intersects them (all completeness needs) and
+        // at least `FULL_TABLE_PEERS_PER_PASS` peers; the starting peer rotates from pass to
+        // pass (by the wall clock's minutes), so that items spread to every node over passes.
+        let limited = self.replication_of(table) == crate::worklist::Replication::Full
+            && others.len() > super::membership::FULL_PROBE_MAX_PEERS;
         if !others.is_empty() {
-            let k = w.partition as usize % others.len();
+            let pass = if limited { self.now_ms() / 60_000 } else { 0 };
+            let k = (w.partition as u64 + pass) as usize % others.len();
             others.rotate_left(k);
         }
+        let sets = self.write_sets(table, w.partition);
+        let enough = |reached: &[NodeId]| {
+            reached.len() > FULL_TABLE_PEERS_PER_PASS
+                && sets.iter().all(|nodes| {
+                    let needed = self
+                        .quorums(table, nodes.len())
+                        .to_see_every_write(nodes.len());
+                    nodes.iter().filter(|n| reached.contains(n)).count() >= needed
+                })
+        };
         let mut failed = Vec::new();
         let mut reached = vec![self.id()];
         for peer in others.clone() {
+            if limited && enough(&reached) {
+                break;
+            }
             match self.sync_with(peer, table, w.partition).await {
                 Ok(tr) => {
                     reached.push(peer);
