@@ -89,3 +89,135 @@ async fn a_large_cluster_sees_a_node_go_down_and_come_back() {
     )
     .await;
 }
+
+/// A fully replicated table in the same kind of cluster: a node that was down while writes
+/// reached the others pulls them at restart, each partition from a few peers rather than from
+/// every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_cluster_fills_a_returning_node_with_few_sessions() {
+    use shoal_cluster::kv::KvItem;
+    use shoal_cluster::node::SyncerConfig;
+    use shoal_cluster::tables::TableOptions;
+    use shoal_cluster::worklist::Replication;
+    use shoal_table::Schema;
+
+    struct System;
+    impl Schema for System {
+        const TABLE_NAME: &'static str = "sys";
+        type PartitionKey = String;
+        type SortKey = String;
+        type Entry = KvItem;
+    }
+    let options = || TableOptions {
+        replication: Replication::Full,
+        syncer: Some(SyncerConfig {
+            start_delay: Duration::from_millis(200),
+            ..SyncerConfig::default()
+        }),
+        gc: None,
+        ..TableOptions::default()
+    };
+
+    let secret = ClusterSecret::from_bytes([78; 32]);
+    let size = FULL_PROBE_MAX_PEERS + 4;
+    let first = Node::start(&secret, TestNodeConfig::default()).await;
+    let seed = vec![first.node.public_addr()];
+    let mut nodes = vec![first];
+    for _ in 1..size {
+        let config = TestNodeConfig {
+            bootstrap: seed.clone(),
+            ..TestNodeConfig::default()
+        };
+        nodes.push(Node::start(&secret, config).await);
+    }
+    wait_until(
+        "every node sees every other up",
+        Duration::from_secs(20),
+        || nodes.iter().all(|n| up_count(n) == size - 1),
+    )
+    .await;
+    // A layout, so that the system table's quorums are those of the cluster.
+    let roles = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let role = shoal_cluster::layout::NodeRole {
+                zone: format!("z{i}"),
+                capacity: Some(1),
+            };
+            (n.node.id(), role)
+        })
+        .collect();
+    let (layout, _) = shoal_cluster::layout::Layout::empty(3)
+        .apply(roles)
+        .unwrap();
+    nodes[0].node.set_layout(layout).await;
+    wait_until("the layout arrives", Duration::from_secs(10), || {
+        nodes.iter().all(|n| n.node.layout().version == 1)
+    })
+    .await;
+    let mut tables = Vec::new();
+    for n in &nodes {
+        tables.push(
+            n.node
+                .open_table::<System>(&n.store, options())
+                .await
+                .unwrap(),
+        );
+    }
+
+    // The last node goes away; writes reach a quorum of the others.
+    let victim = nodes.pop().unwrap();
+    drop(tables.pop());
+    let (dir, store) = (victim.dir, victim.store);
+    victim.node.shutdown();
+    drop((victim.node, victim.table, victim.replicated));
+    let items: Vec<KvItem> = (0..60)
+        .map(|i| {
+            KvItem::new(
+                &format!("key{i}"),
+                "",
+                Some(vec![i as u8]),
+                1,
+                nodes[0].node.id(),
+            )
+        })
+        .collect();
+    for it in &items {
+        tables[0].insert(it).await.unwrap();
+    }
+
+    // It comes back and pulls what it missed.
+    let back = Node::start_in(
+        dir,
+        Some(store),
+        &secret,
+        TestNodeConfig {
+            bootstrap: seed.clone(),
+            ..TestNodeConfig::default()
+        },
+    )
+    .await;
+    let sys = back
+        .node
+        .open_table::<System>(&back.store, options())
+        .await
+        .unwrap();
+    let local = sys.local().clone();
+    wait_until(
+        "the returning node holds every item",
+        Duration::from_secs(30),
+        || tokio::task::block_in_place(|| local.len().unwrap()) == 60,
+    )
+    .await;
+    // Each of the 256 partitions from a few peers (2 per pass), not from all 10.
+    let sessions = back.node.syncer_stats()["sys"].sessions;
+    assert!(
+        sessions <= 256 * 4,
+        "{sessions} sessions: every partition synced with every peer?"
+    );
+    assert!(
+        sessions >= 256,
+        "{sessions} sessions: the first pass did not run"
+    );
+}
