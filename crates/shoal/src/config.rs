@@ -6,18 +6,23 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-/// `shoal.toml`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `shoal.toml`. Its doc comments, defaults and examples are also what `shoal config example`
+/// prints (through its JSON schema), so the annotated example cannot drift from the parser.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where the node keeps its store and its key.
+    #[schemars(example = "/var/lib/shoal")]
     pub data_dir: PathBuf,
     /// Address the node listens on for other nodes.
+    #[schemars(example = "10.0.0.1:3901")]
     pub rpc_bind_addr: String,
     /// Address other nodes reach it at (default: `rpc_bind_addr`).
     #[serde(default)]
     pub rpc_public_addr: Option<String>,
-    /// The cluster secret: 64 hex digits, the same on every node.
+    /// The cluster secret: 64 hex digits, the same on every node (`shoal config example`
+    /// prints a fresh one; or `openssl rand -hex 32`). Keep it like a root password: it makes
+    /// a process a member and lets it call the admin endpoints.
     pub rpc_secret: String,
     /// Other nodes to contact at start.
     #[serde(default)]
@@ -29,6 +34,7 @@ pub struct Config {
     /// and reads, read-after-write), `degraded` (reads from one replica: may be stale) or
     /// `dangerous` (writes and reads on one replica: may lose acknowledged writes).
     #[serde(default)]
+    #[schemars(with = "String", default = "default_consistency")]
     pub consistency_mode: shoal_cluster::quorum::ConsistencyMode,
     /// Milliseconds between heartbeats.
     #[serde(default = "default_heartbeat")]
@@ -63,6 +69,10 @@ pub struct Config {
     /// The token operator calls must present (required with `admin_bind_addr`).
     #[serde(default)]
     pub admin_token: Option<String>,
+}
+
+fn default_consistency() -> String {
+    "consistent".into()
 }
 
 fn default_region() -> String {
@@ -174,6 +184,56 @@ impl Config {
     }
 }
 
+/// The annotated example of every key (`shoal config example`): each key's documentation, then
+/// the key with an example value if it is required, or commented out with its default.
+pub fn example() -> String {
+    let schema = schemars::schema_for!(Config);
+    let root = schema.as_value();
+    let required: Vec<&str> = root["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let mut out = String::from(
+        "# shoal.toml: every key of a node's configuration, with its meaning and its default.\n\
+         # Required keys are set to examples; optional ones are commented out at their default.\n",
+    );
+    let Some(properties) = root["properties"].as_object() else {
+        return out;
+    };
+    for (key, p) in properties {
+        out.push('\n');
+        for line in p["description"].as_str().unwrap_or("").lines() {
+            out.push_str(&format!("# {line}\n").replace("# \n", "#\n"));
+        }
+        if key == "rpc_secret" {
+            // Never a fixed example secret: a fresh one, to be copied to every node.
+            let secret: [u8; 32] = rand::random();
+            out.push_str(&format!("{key} = \"{}\"\n", hex::encode(secret)));
+        } else if required.contains(&key.as_str()) {
+            let example = &p["examples"][0];
+            out.push_str(&format!("{key} = {}\n", toml_value(example)));
+        } else {
+            match &p["default"] {
+                serde_json::Value::Null => out.push_str(&format!("# {key} = (none)\n")),
+                d => out.push_str(&format!("# {key} = {}\n", toml_value(d))),
+            }
+        }
+    }
+    out
+}
+
+/// A JSON value as TOML writes it.
+fn toml_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => format!("{s:?}"),
+        serde_json::Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(toml_value).collect::<Vec<_>>().join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +300,49 @@ rpc_secret = "0000000000000000000000000000000000000000000000000000000000000001"
             parse(GOOD).unwrap().consistency_mode,
             shoal_cluster::quorum::ConsistencyMode::Consistent
         );
+    }
+
+    #[test]
+    fn the_example_names_every_key_and_parses_as_it_is() {
+        let text = super::example();
+        // Every key the parser knows appears, set or commented out.
+        let all = toml::to_string(&toml::from_str::<Config>(GOOD).unwrap()).unwrap();
+        let full = Config {
+            rpc_public_addr: Some("10.0.0.1:3901".into()),
+            api_bind_addr: Some("10.0.0.1:3902".into()),
+            admin_bind_addr: Some("10.0.0.1:3903".into()),
+            admin_token: Some("t".into()),
+            ..toml::from_str::<Config>(GOOD).unwrap()
+        };
+        let keys: Vec<String> = toml::to_string(&full)
+            .unwrap()
+            .lines()
+            .chain(all.lines())
+            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.trim().to_string()))
+            .collect();
+        assert!(keys.len() >= 18, "{keys:?}");
+        for key in &keys {
+            assert!(
+                text.contains(&format!("\n{key} = ")) || text.contains(&format!("\n# {key} = ")),
+                "{key} missing from the example:\n{text}"
+            );
+        }
+        // As printed, it is a valid configuration, and its commented defaults are the parser's.
+        let parsed: Config = toml::from_str(&text).unwrap();
+        parsed.check().unwrap();
+        assert!(text.contains(&format!("# heartbeat_ms = {}", parsed.heartbeat_ms)));
+        assert!(text.contains(&format!(
+            "# replication_factor = {}",
+            parsed.replication_factor
+        )));
+        assert!(text.contains(&format!(
+            "# sync_interval_secs = {}",
+            parsed.sync_interval_secs
+        )));
+        assert!(text.contains("# consistency_mode = \"consistent\""));
+        // Uncommenting a default changes nothing.
+        let uncommented = text.replace("# heartbeat_ms = ", "heartbeat_ms = ");
+        let again: Config = toml::from_str(&uncommented).unwrap();
+        assert_eq!(again.heartbeat_ms, parsed.heartbeat_ms);
     }
 }

@@ -149,6 +149,19 @@ enum Command {
         #[command(subcommand)]
         action: index::Action,
     },
+    /// The configuration file: an annotated example of every key, or a check of a file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print an annotated shoal.toml: every key, its meaning, its default.
+    Example,
+    /// Check the file given with -c: every key known, every value valid.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -283,6 +296,28 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Demo { dir } => demo::run(&dir),
         Command::Index { action } => index::run(action),
+        Command::Config {
+            action: ConfigAction::Example,
+        } => {
+            print!("{}", config::example());
+            Ok(())
+        }
+        Command::Config {
+            action: ConfigAction::Check,
+        } => {
+            let c = config(&cli.config)?;
+            println!(
+                "ok: {}: every key known, every value valid; data in {}, RPC on {}, {} bootstrap peers, replication factor {}",
+                cli.config
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string()),
+                c.data_dir.display(),
+                c.rpc_bind_addr,
+                c.bootstrap_peers.len(),
+                c.replication_factor
+            );
+            Ok(())
+        }
         Command::Server { exit_with_stdin } => {
             let c = config(&cli.config)?;
             rt()?.block_on(server::run(c, exit_with_stdin))
