@@ -1,7 +1,7 @@
 //! Shoal's shared test harnesses, for the workspace's own tests only (never a dependency of
 //! the product): one copy of what several crates' tests need.
 //!
-//! - [`wait_until`] / [`wait_until_async`]: poll a condition until it holds, or fail the test
+//! - [`wait_until`] / `wait_until_async` (feature `cluster`): poll a condition until it holds, or fail the test
 //!   saying what was awaited.
 //! - [`child`]: run one of the test binary's own tests as a child process that writes and
 //!   acknowledges, SIGKILL it at a random moment, and collect what it acknowledged.
