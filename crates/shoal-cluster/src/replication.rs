@@ -356,7 +356,10 @@ where
             }
             Poll::Pending
         });
+        // Biased: an answer ready at the same poll as the hedge's timer is taken first, and a
+        // simulation replays the same choice (an unbiased select draws from the runtime's RNG).
         let answered = tokio::select! {
+            biased;
             a = next => a,
             () = &mut hedge => None,
         };
