@@ -440,14 +440,7 @@ impl Chain {
 
     /// Bytes counted by all the rules since the last [`Chain::zero`].
     pub fn bytes(&self) -> anyhow::Result<u64> {
-        let out = Command::new("iptables")
-            .args(["-L", &self.name, "-v", "-x", "-n"])
-            .output()?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .skip(2)
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum())
+        Ok(self.bytes_by_rule()?.iter().sum())
     }
 
     /// Bytes counted by each rule since the last [`Chain::zero`], in the rules' order.

@@ -25,23 +25,24 @@ impl<T: Transport> Node<T> {
         t: &Arc<dyn SyncTable>,
         w: Work,
     ) -> Result<Processed, NodeError> {
-        if self.sync_nodes(table, w.partition).contains(&self.id()) {
-            self.sync_partition(table, w).await
+        let union = self.sync_nodes(table, w.partition);
+        if union.contains(&self.id()) {
+            self.sync_partition(table, w, union).await
         } else {
             self.offload(table, t, w).await
         }
     }
 
-    /// Syncs partition `w` with each of its other replicas in turn, and says whether this node
-    /// now has every acknowledged write of it.
+    /// Syncs partition `w` with each of its other replicas in turn (`union`: every node of the
+    /// partition in a live layout version; during a change, the new replicas pull from the old
+    /// ones through these sessions), and says whether this node now has every acknowledged
+    /// write of it.
     pub(super) async fn sync_partition(
         &self,
         table: &str,
         w: Work,
+        union: Vec<NodeId>,
     ) -> Result<Processed, NodeError> {
-        // Every node of the partition in a live layout version: during a change, the new
-        // replicas pull from the old ones through these sessions.
-        let union = self.sync_nodes(table, w.partition);
         let mut others: Vec<NodeId> = union.into_iter().filter(|n| *n != self.id()).collect();
         // One replica after the other, not all at once: what the first session brings is
         // then already here when the second compares digests, so a missed item crosses the
